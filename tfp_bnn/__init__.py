@@ -1,0 +1,14 @@
+"""tfp_bnn: Bayesian neural networks for Keras users, on TensorFlow Probability.
+
+Convert a Keras model (`bayesify`), train it with plain compile/fit on the scaled-KL ELBO,
+predict with Monte Carlo uncertainty (`predict`), export it for TensorFlow Serving
+(`export_savedmodel`).
+"""
+from tfp_bnn import _keras  # noqa: F401  (sets up tf_keras before TFP is imported)
+from tfp_bnn import callbacks, layers, posteriors, priors, sampling  # noqa: E402
+from tfp_bnn.convert import bayesify  # noqa: E402
+from tfp_bnn.elbo import BayesianModel, kl_weights, set_kl_weight  # noqa: E402
+
+__version__ = "0.1.0"
+__all__ = ["bayesify", "BayesianModel", "callbacks", "layers", "posteriors", "priors",
+           "sampling", "set_kl_weight", "kl_weights"]

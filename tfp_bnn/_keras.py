@@ -1,0 +1,38 @@
+"""The one module that imports Keras: tf_keras (Keras 2, what TFP's layers are built on) and,
+lazily, Keras 3 (only to recognise and read Keras 3 input models).
+
+Everything else in tfp_bnn imports `tf_keras` from here, so the package never depends on the
+TF_USE_LEGACY_KERAS environment variable.
+"""
+import os
+
+# TFP reads TF_USE_LEGACY_KERAS at import to pick its Keras; its layers must be tf_keras layers.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import tensorflow as tf  # noqa: E402
+import tf_keras  # noqa: E402
+import tensorflow_probability as tfp  # noqa: E402
+
+from tf_keras.src.engine.functional import Functional  # noqa: E402  (public as tf_keras.Model(inputs, outputs))
+
+tfd = tfp.distributions
+
+__all__ = ["tf", "tf_keras", "tfp", "tfd", "Functional", "is_tf_keras_model", "is_keras3_model", "keras3"]
+
+
+def keras3():
+    """Return the Keras 3 module, or None when it is not installed."""
+    try:
+        import keras
+    except ImportError:  # pragma: no cover - keras is a declared dependency
+        return None
+    return keras if keras.__version__.startswith("3") else None
+
+
+def is_tf_keras_model(obj):
+    return isinstance(obj, tf_keras.Model)
+
+
+def is_keras3_model(obj):
+    k3 = keras3()
+    return k3 is not None and isinstance(obj, k3.Model)
