@@ -77,21 +77,22 @@ class BayesianLayer:
 
     # --- builders called by the TFP parent's build() -------------------------------------
     def _kernel_posterior_fn(self, dtype, shape, name, trainable, add_variable_fn):
-        return posteriors_lib.normal_posterior(dtype, shape, name, trainable, add_variable_fn,
+        # self.add_weight, not TFP's deprecated add_variable.
+        return posteriors_lib.normal_posterior(dtype, shape, name, trainable, self.add_weight,
                                                self.kernel_initializer, self.posterior.init_scale)
 
     def _kernel_prior_fn(self, dtype, shape, name, trainable, add_variable_fn):
-        return self.prior(dtype, shape, name, trainable, add_variable_fn)
+        return self.prior(dtype, shape, name, trainable, self.add_weight)
 
     def _bias_posterior_fn(self, dtype, shape, name, trainable, add_variable_fn):
         if self.posterior.bayesian_bias:
-            return posteriors_lib.normal_posterior(dtype, shape, name, trainable, add_variable_fn,
+            return posteriors_lib.normal_posterior(dtype, shape, name, trainable, self.add_weight,
                                                    self.bias_initializer, self.posterior.init_scale)
         return posteriors_lib.deterministic_posterior(dtype, shape, name, trainable,
-                                                      add_variable_fn, self.bias_initializer)
+                                                      self.add_weight, self.bias_initializer)
 
     def _bias_prior_fn(self, dtype, shape, name, trainable, add_variable_fn):
-        return self.prior(dtype, shape, name, trainable, add_variable_fn)
+        return self.prior(dtype, shape, name, trainable, self.add_weight)
 
     def build(self, input_shape):
         super().build(input_shape)

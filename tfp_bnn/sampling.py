@@ -37,7 +37,7 @@ class _Context:
         self._draws += 1
         if self.seed is None:
             return tf.random.normal(shape, dtype=dtype)
-        seed = self.seed + tf.constant([0, 1], tf.int64) * self._draws
+        seed = tf.random.experimental.stateless_fold_in(self.seed, self._draws)
         return tf.random.stateless_normal(shape, seed=seed, dtype=dtype)
 
 
