@@ -11,10 +11,12 @@ optimizer) continues the warm-up where it stopped.
 """
 import math
 
+import numpy as np
+
 from tfp_bnn._keras import tf_keras
 from tfp_bnn.elbo import set_kl_weight
 
-__all__ = ["KLAnnealing", "KLTemperature"]
+__all__ = ["KLAnnealing", "KLTemperature", "MCValidation"]
 
 
 def _non_negative(name, value):
@@ -82,3 +84,45 @@ class KLTemperature(tf_keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         set_kl_weight(self.model, self.temperature)
+
+
+
+class MCValidation(tf_keras.callbacks.Callback):
+    """Monte Carlo validation of a classifier at the end of every epoch, written into ``logs``.
+
+        p_i = (1/S) sum_s softmax(z_s(x_i))
+        {prefix}nll = -mean_i log p_i[y_i]     {prefix}accuracy = mean_i [argmax p_i == y_i]
+        {prefix}predictive_entropy = mean_i H[p_i]   {prefix}mutual_information = mean_i MI_i
+
+    The NLL of the MC-averaged predictive is what a BNN should be early-stopped on (Keras's own
+    validation scores one weight sample), and it costs one compiled call instead of a Keras
+    ``evaluate`` per epoch. Put it before EarlyStopping/CSVLogger in the callback list.
+
+    Args:
+        x: held-out inputs.
+        y: held-out integer labels, or None to log only the uncertainty terms.
+        num_samples: S per evaluation.
+        seed: an int gives every epoch the same noise, so epochs differ only by the weights.
+        prefix: prefix of the log keys.
+    """
+
+    def __init__(self, x, y=None, num_samples=20, seed=None, prefix="val_"):
+        super().__init__()
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be an integer >= 1. Received: num_samples={num_samples!r}")
+        self.x, self.num_samples, self.seed, self.prefix = x, num_samples, seed, prefix
+        self.y = None if y is None else np.asarray(y).astype(np.int64).reshape(-1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        from tfp_bnn.predict import predict
+        pred = predict(self.model, self.x, num_samples=self.num_samples, seed=self.seed, verbose=0)
+        if pred.probabilities is None:
+            raise ValueError("MCValidation needs a classifier; the model has a regression output.")
+        values = {"predictive_entropy": float(pred.predictive_entropy.mean()),
+                  "mutual_information": float(pred.mutual_information.mean())}
+        if self.y is not None:
+            p = pred.probabilities[np.arange(len(self.y)), self.y]
+            values["nll"] = float(-np.mean(np.log(np.maximum(p, 1e-12))))
+            values["accuracy"] = float(np.mean(pred.probabilities.argmax(-1) == self.y))
+        if logs is not None:
+            logs.update({self.prefix + k: v for k, v in values.items()})
