@@ -85,15 +85,28 @@ def _entropy(p):
     return -tf.reduce_sum(tf.math.multiply_no_nan(tf.math.log(p), p), axis=-1)
 
 
+def _sample_mean(t):
+    # Shifted by the first sample: S equal samples (a deterministic model) give exactly that
+    # sample back, so their variance and mutual information are exactly 0, not float round-off.
+    return t[0] + tf.reduce_mean(t - t[0], axis=0)
+
+
+def _moments(t):
+    """Mean and (biased) variance over the sample axis 0, both exact for equal samples."""
+    d = t - t[0]
+    mean_d = tf.reduce_mean(d, axis=0)
+    return t[0] + mean_d, tf.reduce_mean(tf.square(d - mean_d), axis=0)
+
+
 def classification_summary(logit_samples):
     """Decompose ``[S, B, C]`` logit samples; returns a dict of tensors (see module doc)."""
     z = tf.convert_to_tensor(logit_samples)
     z = tf.cast(z, tf.float32)
     probs_s = tf.nn.softmax(z, axis=-1)
-    probs = tf.reduce_mean(probs_s, axis=0)
+    probs = _sample_mean(probs_s)
     total = _entropy(probs)
-    aleatoric = tf.reduce_mean(_entropy(probs_s), axis=0)
-    mean_logits, var = tf.nn.moments(z, axes=[0])
+    aleatoric = _sample_mean(_entropy(probs_s))
+    mean_logits, var = _moments(z)
     return {
         "mean_logits": mean_logits,
         "variance": var,
@@ -108,11 +121,11 @@ def classification_summary(logit_samples):
 def regression_summary(mean_samples, scale_samples=None):
     """Decompose ``[S, B, D]`` means (and optional predicted std devs) of a regression model."""
     mu = tf.cast(tf.convert_to_tensor(mean_samples), tf.float32)
-    mean, epistemic = tf.nn.moments(mu, axes=[0])
+    mean, epistemic = _moments(mu)
     if scale_samples is None:
         aleatoric = tf.zeros_like(mean)
     else:
-        aleatoric = tf.reduce_mean(tf.square(tf.cast(scale_samples, tf.float32)), axis=0)
+        aleatoric = _sample_mean(tf.square(tf.cast(scale_samples, tf.float32)))
     return {"mean": mean, "epistemic_variance": epistemic, "aleatoric_variance": aleatoric,
             "variance": epistemic + aleatoric}
 
@@ -158,13 +171,24 @@ _FUNCTIONS = weakref.WeakKeyDictionary()
 _WARNED = weakref.WeakSet()
 
 
-def _mc_function(model, num_samples, kind, return_samples):
+def _mc_function(model, num_samples, kind, return_samples, stochastic=True):
     cache = _FUNCTIONS.setdefault(model, {})
-    key = (num_samples, kind, return_samples)
+    key = (num_samples, kind, return_samples, stochastic)
     if key not in cache:
+        # A weak reference: the cache is keyed weakly on the model, and a value that held the
+        # model strongly would keep every model ever predicted on alive.
+        model_ref = weakref.ref(model)
+
         @tf.function(reduce_retracing=True)
         def run(inputs, seed):
-            samples = sampling.sample_outputs(model, inputs, num_samples, seed)
+            if stochastic:
+                samples = sampling.sample_outputs(model_ref(), inputs, num_samples, seed)
+            else:
+                # One pass repeated S times: S tiled rows through a matmul can differ in the last
+                # bit, and the documented variance of a deterministic model is exactly 0.
+                samples = tf.nest.map_structure(
+                    lambda t: tf.repeat(t[tf.newaxis], num_samples, axis=0),
+                    model_ref()(inputs, training=False))
             if isinstance(samples, (list, tuple)):
                 samples = samples[0]
             out = summarize(samples, kind)
@@ -190,9 +214,11 @@ def _check_batch(model, batch):
                 e is not None and e != r for e, r in zip(expected, arr.shape[1:])):
             raise ValueError(f"x has the wrong shape: the model expects (batch,) + {expected}, "
                              f"received {arr.shape}.")
-        if arr.dtype.kind == "f" and np.isnan(arr).any():
-            raise ValueError(f"x contains NaN ({int(np.isnan(arr).sum())} values); "
-                             "predict refuses to return NaN uncertainties.")
+        # inf is refused too: it turns into NaN logits (inf - inf) just as silently.
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise ValueError(f"x contains NaN or infinite values ({int(np.isnan(arr).sum())} NaN, "
+                             f"{int(np.isinf(arr).sum())} inf); predict refuses to return NaN "
+                             "uncertainties.")
         out.append(arr.astype(spec.dtype.as_numpy_dtype if hasattr(spec.dtype, "as_numpy_dtype")
                               else spec.dtype))
     return out if len(out) > 1 else out[0]
@@ -220,6 +246,18 @@ def _batches(x, batch_size):
                      f"tf.data.Dataset or an iterable of batches. Received: x of type {type(x).__name__}")
 
 
+def _num_batches(x, batch_size):
+    """How many batches `_batches` yields, or None when unknown (a generator)."""
+    if isinstance(x, tf.data.Dataset):
+        n = int(x.cardinality())
+        return n if n >= 0 else None
+    if isinstance(x, (np.ndarray, tf.Tensor)):
+        return -(-len(x) // batch_size)
+    if isinstance(x, (list, tuple)) and x and isinstance(x[0], (np.ndarray, tf.Tensor)):
+        return -(-len(x[0]) // batch_size)
+    return None
+
+
 def predict(model, x, num_samples=100, batch_size=None, seed=None, return_samples=False,
             verbose="auto"):
     """Monte Carlo predictive distribution of ``model`` on ``x`` (S samples in one graph).
@@ -233,7 +271,8 @@ def predict(model, x, num_samples=100, batch_size=None, seed=None, return_sample
         batch_size: examples per graph call for array input (default 256).
         seed: an int makes the result reproducible run to run.
         return_samples: also return the ``[S, B, ...]`` per-sample outputs.
-        verbose: "auto" shows a Keras progress bar when there are several batches; 0 or 1.
+        verbose: "auto" shows a Keras progress bar when there are several batches (counted
+            from an array's length or a dataset's cardinality; a generator gets none); 0 or 1.
 
     Returns:
         `Prediction`.
@@ -245,17 +284,16 @@ def predict(model, x, num_samples=100, batch_size=None, seed=None, return_sample
         raise ValueError(f"batch_size must be a positive integer. Received: batch_size={batch_size!r}")
     if not isinstance(model, tf_keras.Model):
         raise ValueError(f"model must be a tf_keras Model. Received: model={model!r}")
-    if not is_stochastic(model) and model not in _WARNED:
+    stochastic = is_stochastic(model)
+    if not stochastic and model not in _WARNED:
         _WARNED.add(model)
         warnings.warn(f"model {model.name!r} has no stochastic layer: all Monte Carlo samples "
                       "are equal and the predictive variance is 0.", UserWarning, stacklevel=2)
     kind = output_kind(model)
-    fn = _mc_function(model, int(num_samples), kind, bool(return_samples))
+    fn = _mc_function(model, int(num_samples), kind, bool(return_samples), stochastic)
     batch_size = int(batch_size or DEFAULT_BATCH_SIZE)
 
-    total = None
-    if isinstance(x, np.ndarray):
-        total = -(-len(x) // batch_size)
+    total = _num_batches(x, batch_size)
     show = (verbose == "auto" and (total or 0) > 1) or verbose == 1
     bar = tf_keras.utils.Progbar(total, unit_name="batch") if show else None
 
