@@ -74,7 +74,8 @@ def _why_not(layer, estimator):
     if kind is None:
         return "it is not a built-in Dense/Conv1D/Conv2D/Conv3D layer"
     if kind not in ESTIMATORS[estimator]:
-        return (f"TFP has no local-reparameterization {kind} layer (local reparameterization "
+        return (f"estimator={estimator!r}: TFP has no local-reparameterization {kind} layer "
+                "(local reparameterization "
                 "exists only for Dense); use estimator='flipout' or 'reparameterization', or "
                 "exclude the layer with layers=")
     config = layer.get_config()
@@ -233,6 +234,9 @@ class _Rebuilder:
         cls = ESTIMATORS[self.estimator][kind]
         common = dict(
             name=config["name"], trainable=config.get("trainable", True),
+            # The variable dtype: float64 stays float64; a mixed-precision policy's float32 is
+            # kept as plain float32 (TFP's variational layers have no mixed-precision path).
+            dtype=str(layer.dtype),
             activation=tf_keras.activations.serialize(
                 tf_keras.activations.get(config.get("activation"))),
             use_bias=config.get("use_bias", True),

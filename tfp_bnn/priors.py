@@ -113,7 +113,9 @@ class Normal(Prior):
 
     def kl(self, q, p, sample=None):
         loc, scale = _normal_parts(q)
-        return normal_kl(loc, scale, tf.cast(self.loc, loc.dtype), tf.cast(self.scale, loc.dtype))
+        # tf.constant, not tf.cast: a Python float cast from float32 would lose float64 precision.
+        return normal_kl(loc, scale, tf.constant(self.loc, loc.dtype),
+                         tf.constant(self.scale, loc.dtype))
 
     def get_config(self):
         return {"loc": self.loc, "scale": self.scale}
@@ -180,8 +182,8 @@ class Laplace(Prior):
 
     def kl(self, q, p, sample=None):
         loc, scale = _normal_parts(q)
-        b = tf.cast(self.scale, loc.dtype)
-        d = loc - tf.cast(self.loc, loc.dtype)
+        b = tf.constant(self.scale, loc.dtype)
+        d = loc - tf.constant(self.loc, loc.dtype)
         abs_mean = (scale * math.sqrt(2.0 / math.pi) * tf.exp(-tf.square(d) / (2.0 * tf.square(scale)))
                     + d * tf.math.erf(d / (scale * math.sqrt(2.0))))
         return tf.reduce_sum(-_entropy_normal(scale) + tf.math.log(2.0 * b) + abs_mean / b)
@@ -227,7 +229,7 @@ class ScaleMixture(Prior):
         """Elementwise log-density, computed stably with logsumexp."""
         w = tf.convert_to_tensor(w)
         dtype = w.dtype
-        s1, s2 = tf.cast(self.scale1, dtype), tf.cast(self.scale2, dtype)
+        s1, s2 = tf.constant(self.scale1, dtype), tf.constant(self.scale2, dtype)
         lp1 = math.log(self.pi) - tf.math.log(s1) - 0.5 * math.log(2 * math.pi) - 0.5 * tf.square(w / s1)
         lp2 = (math.log(1.0 - self.pi) - tf.math.log(s2) - 0.5 * math.log(2 * math.pi)
                - 0.5 * tf.square(w / s2))
