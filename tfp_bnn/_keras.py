@@ -5,6 +5,7 @@ Everything else in tfp_bnn imports `tf_keras` from here, so the package never de
 TF_USE_LEGACY_KERAS environment variable.
 """
 import os
+import sys
 
 # TFP reads TF_USE_LEGACY_KERAS at import to pick its Keras; its layers must be tf_keras layers.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -21,12 +22,15 @@ __all__ = ["tf", "tf_keras", "tfp", "tfd", "Functional", "is_tf_keras_model", "i
 
 
 def keras3():
-    """Return the Keras 3 module, or None when it is not installed."""
-    try:
-        import keras
-    except ImportError:  # pragma: no cover - keras is a declared dependency
-        return None
-    return keras if keras.__version__.startswith("3") else None
+    """Return the Keras 3 module if it has been imported, else None.
+
+    An object can only be a Keras 3 model once ``keras`` (or ``tf.keras``) was imported, so this
+    never imports it: that would cost seconds (it pulls in its own dependencies) for every
+    tf_keras-only user.
+    """
+    keras = sys.modules.get("keras")
+    version = getattr(keras, "__version__", "")
+    return keras if version.startswith("3") else None
 
 
 def is_tf_keras_model(obj):
