@@ -16,7 +16,7 @@ import numpy as np
 from tfp_bnn._keras import tf_keras
 from tfp_bnn.elbo import set_kl_weight
 
-__all__ = ["KLAnnealing", "KLTemperature", "MCValidation"]
+__all__ = ["KLAnnealing", "KLTemperature", "MCValidation", "SWAG"]
 
 
 def _non_negative(name, value):
@@ -126,3 +126,7 @@ class MCValidation(tf_keras.callbacks.Callback):
             values["accuracy"] = float(np.mean(pred.probabilities.argmax(-1) == self.y))
         if logs is not None:
             logs.update({self.prefix + k: v for k, v in values.items()})
+
+
+# SWAG is a training callback too; its code lives with the other baselines.
+from tfp_bnn.baselines.swag import SWAG  # noqa: E402

@@ -1,0 +1,139 @@
+"""tfp_bnn.laplace: the posterior precision against the GGN computed by hand, structures against
+each other, the tuned prior maximises the evidence, the sampled predictive against the linearised
+variance, probit, regression, Keras 3 input, bad input."""
+import keras
+import numpy as np
+import pytest
+
+import tfp_bnn
+from tfp_bnn import sampling
+from tfp_bnn._keras import tf_keras
+
+RNG = np.random.default_rng(0)
+X = RNG.random((40, 3)).astype(np.float32)
+Y = (X[:, 0] * 3).astype(np.int64)
+Y_REG = (2 * X[:, :1] + 0.1 * RNG.standard_normal((40, 1))).astype(np.float32)
+
+
+def _net(units):
+    tf_keras.utils.set_random_seed(0)
+    return tf_keras.Sequential([tf_keras.Input((3,)), tf_keras.layers.Dense(5, activation="tanh"),
+                                tf_keras.layers.Dense(units)], name="tiny")
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return _net(3)
+
+
+def _features(model, x):
+    w1, b1 = model.layers[0].get_weights()
+    phi = np.tanh(x.astype(np.float64) @ w1 + b1)
+    return np.hstack([phi, np.ones((len(x), 1))])
+
+
+def _theta(model):
+    w2, b2 = model.layers[1].get_weights()
+    return np.vstack([w2, b2[None]]).astype(np.float64)
+
+
+def test_diag_posterior_precision_is_prior_plus_ggn_diagonal_by_hand(classifier):
+    la = tfp_bnn.laplace(classifier, X, Y, hessian="diag", prior_precision=2.0)
+    phi = _features(classifier, X)
+    f = phi @ _theta(classifier)
+    p = np.exp(f) / np.exp(f).sum(1, keepdims=True)
+    by_hand = np.zeros((6, 3))
+    for n in range(len(X)):  # diag of sum_n (phi phi^T) kron (diag(p) - p p^T)
+        by_hand += np.outer(phi[n] ** 2, p[n] * (1 - p[n]))
+    np.testing.assert_allclose(la.posterior_precision, 2.0 + by_hand, rtol=1e-5)
+    assert la.prior_precision == 2.0
+
+
+def test_regression_diag_precision_by_hand():
+    model = _net(1)
+    la = tfp_bnn.laplace(model, X, Y_REG, hessian="diag", prior_precision=0.5,
+                         likelihood="regression")
+    phi = _features(model, X)
+    sigma2 = np.mean((Y_REG - phi @ _theta(model)) ** 2)
+    assert la.sigma_noise == pytest.approx(np.sqrt(sigma2), rel=1e-5)
+    np.testing.assert_allclose(la.posterior_precision[:, 0], 0.5 + (phi ** 2).sum(0) / sigma2,
+                               rtol=1e-5)
+    pred = tfp_bnn.predict(la.as_model(), X[:4], num_samples=50, seed=0)
+    np.testing.assert_allclose(pred.aleatoric_variance[:, 0], sigma2, rtol=1e-5)
+    assert (pred.epistemic_variance > 0).all()
+
+
+def test_structures_agree(classifier):
+    full = tfp_bnn.laplace(classifier, X, Y, hessian="full", prior_precision=1.0)
+    diag = tfp_bnn.laplace(classifier, X, Y, hessian="diag", prior_precision=1.0)
+    np.testing.assert_allclose(np.diag(full.posterior_precision).reshape(6, 3),
+                               diag.posterior_precision, rtol=1e-10)
+    # On one example KFAC is exact: A kron G = (phi phi^T) kron Lambda.
+    kron1 = tfp_bnn.laplace(classifier, X[:1], Y[:1], hessian="kron", prior_precision=1.0)
+    full1 = tfp_bnn.laplace(classifier, X[:1], Y[:1], hessian="full", prior_precision=1.0)
+    np.testing.assert_allclose(kron1.posterior_precision, full1.posterior_precision, atol=1e-12)
+
+
+@pytest.mark.parametrize("hessian", ["diag", "kron", "full"])
+def test_marglik_prior_precision_is_a_maximum(classifier, hessian):
+    la = tfp_bnn.laplace(classifier, X, Y, hessian=hessian)
+    best = la.log_marginal_likelihood()
+    for factor in (0.8, 1.25):
+        assert best >= la.log_marginal_likelihood(la.prior_precision * factor)
+
+
+@pytest.mark.parametrize("hessian", ["diag", "kron", "full"])
+def test_sampled_logits_match_linearised_variance_and_probit(classifier, hessian):
+    la = tfp_bnn.laplace(classifier, X, Y, hessian=hessian, prior_precision=0.5)
+    model = la.as_model()
+    x = X[:4]
+    pred = tfp_bnn.predict(model, x, num_samples=8000, seed=0, return_samples=True)
+    f_map = classifier(x).numpy()
+    np.testing.assert_allclose(pred.samples.mean(0), f_map, atol=0.1)
+    np.testing.assert_allclose(pred.samples.var(0), la._function_variance(_features(classifier, x)),
+                               rtol=0.08)
+    np.testing.assert_allclose(sampling.mean_outputs(model, x).numpy(), f_map, rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_allclose(la.predict_probit(x), pred.probabilities, atol=0.03)
+
+
+def test_keras3_input_model():
+    k3 = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation="tanh"),
+                           keras.layers.Dense(3, activation="softmax")])
+    la = tfp_bnn.laplace(k3, X, Y, hessian="kron")
+    logits = np.log(np.asarray(k3(X[:4])))
+    mean = sampling.mean_outputs(la.as_model(), X[:4]).numpy()
+    np.testing.assert_allclose(mean - mean.mean(1, keepdims=True),
+                               logits - logits.mean(1, keepdims=True), rtol=1e-4, atol=1e-5)
+
+
+def test_last_layer_not_dense_is_refused():
+    model = tf_keras.Sequential([tf_keras.Input((3,)), tf_keras.layers.Dense(3),
+                                 tf_keras.layers.Softmax(name="probs")], name="m")
+    with pytest.raises(ValueError, match=r"output layer is Dense; model 'm' ends in layer "
+                                         r"'probs' \(Softmax\)"):
+        tfp_bnn.laplace(model, X, Y)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"hessian": "block"}, r"Unknown hessian: hessian='block'"),
+    ({"subset": "all"}, r"Unknown subset: subset='all'"),
+    ({"likelihood": "poisson"}, r"Unknown likelihood: likelihood='poisson'"),
+    ({"prior_precision": 0.0}, r"prior_precision must be a positive number"),
+    ({"prior_precision": "evidence"}, r"prior_precision must be 'marglik' or a positive number"),
+])
+def test_bad_options(classifier, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        tfp_bnn.laplace(classifier, X, Y, **kwargs)
+
+
+def test_bad_activation_labels_and_probit_on_regression():
+    relu = tf_keras.Sequential([tf_keras.Input((3,)), tf_keras.layers.Dense(3, activation="relu",
+                                                                           name="out")])
+    with pytest.raises(ValueError, match=r"activation in \('linear', 'softmax'\).*'relu'"):
+        tfp_bnn.laplace(relu, X, Y)
+    with pytest.raises(ValueError, match=r"class indices in \[0, 3\)"):
+        tfp_bnn.laplace(_net(3), X, Y + 5)
+    la = tfp_bnn.laplace(_net(1), X, Y_REG, likelihood="regression", prior_precision=1.0)
+    with pytest.raises(ValueError, match="predict_probit is for classification"):
+        la.predict_probit(X)

@@ -1,0 +1,391 @@
+"""Last-layer Laplace approximation of a trained deterministic network.
+
+The output Dense layer's weights ``theta = vec([W; b])`` (bias as the last row, flattened row by
+row: index ``i * C + c``) get a Gaussian posterior around the trained values ``theta*``, with
+the features ``phi(x)`` of the layers below held fixed (``phi~ = [phi, 1]``):
+
+    H = sum_n (phi~_n phi~_n^T) (x) Lambda_n              (generalised Gauss-Newton)
+        Lambda_n = diag(p_n) - p_n p_n^T                   classification, p_n = softmax(f_n)
+        Lambda_n = I / sigma^2                             regression (Gaussian noise sigma)
+    posterior:  theta ~ N(theta*, (H + delta I)^-1)
+
+``hessian`` chooses the structure of H: ``"full"``; ``"diag"`` (its diagonal); ``"kron"`` (KFAC,
+``H ~ A (x) G`` with ``A = sum_n phi~ phi~^T`` and ``G = (1/N) sum_n Lambda_n``, exact for
+regression). With ``prior_precision="marglik"`` the prior precision delta maximises the
+Laplace evidence
+
+    log p(D | delta) ~= log p(D | theta*)
+                        - 1/2 [delta |theta*|^2 + log det(H + delta I) - P log delta]
+
+over a log-spaced grid refined by golden-section search (H's eigenvalues are computed once).
+
+Predictive: `Laplace.as_model` is a tf_keras model whose output layer draws fresh last-layer
+weights per MC sample (`tfp_bnn.predict`, `export_savedmodel`); `Laplace.predict_probit` is the
+probit approximation ``softmax(mu / sqrt(1 + pi/8 * var))`` of the linearised predictive.
+For regression the model outputs ``[mean, sigma]`` (a Gaussian head), so predict reports the
+noise as aleatoric variance.
+
+Example:
+    >>> la = tfp_bnn.laplace(model, x_train, y_train, hessian="kron")
+    >>> la.prior_precision, la.predict_probit(x_test)
+    >>> pred = tfp_bnn.predict(la.as_model(), x_test, num_samples=100)
+
+References:
+    MacKay, "A Practical Bayesian Framework for Backpropagation Networks", Neural Comput. 1992;
+    Ritter, Botev & Barber, "A Scalable Laplace Approximation for Neural Networks", ICLR 2018;
+    Daxberger et al., "Laplace Redux - Effortless Bayesian Deep Learning", NeurIPS 2021.
+"""
+import math
+
+import numpy as np
+
+from tfp_bnn import convert, sampling
+from tfp_bnn._keras import tf, tf_keras
+from tfp_bnn.baselines import _rebuild
+
+__all__ = ["laplace", "Laplace", "LaplaceDense", "SUBSETS", "HESSIANS", "LIKELIHOODS"]
+
+SUBSETS = ("last_layer",)
+HESSIANS = ("diag", "kron", "full")
+LIKELIHOODS = ("classification", "regression")
+_LOG10_GRID = np.linspace(-6.0, 6.0, 121)
+
+
+def _choice(name, value, valid):
+    if not isinstance(value, str) or value not in valid:
+        raise ValueError(f"Unknown {name}: {name}={value!r}. Valid: {list(valid)}")
+    return value
+
+
+def _positive(name, value):
+    try:
+        ok = not isinstance(value, bool) and float(value) > 0 and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be a positive number. Received: {name}={value!r}")
+    return float(value)
+
+
+@tf_keras.saving.register_keras_serializable(package="tfp_bnn")
+class LaplaceDense(tf_keras.layers.Layer):
+    """Linear output layer with Gaussian weights ``[W; b] = mean + square-root-covariance * z``.
+
+    One weight draw per MC sample (per call outside `tfp_bnn.sampling.mc_sampling`), in
+    weight space; "mean" mode uses the MAP weights. The square root depends on ``hessian``:
+
+        diag:  delta_W = std * Z
+        kron:  delta_W = Q_A (Z * inv_sqrt) Q_G^T       (eigenvectors of A and G)
+        full:  vec(delta_W) = T z,  T = L^-T, L L^T = H + delta I
+
+    With ``sigma`` set (regression) the output is ``[f, sigma]``: a Gaussian head.
+    All weights are non-trainable and set by `Laplace.as_model`.
+    """
+
+    stochastic = True
+
+    def __init__(self, units, hessian, use_bias=True, sigma=None, **kwargs):
+        super().__init__(**kwargs)
+        self.units = int(units)
+        self.hessian = _choice("hessian", hessian, HESSIANS)
+        self.use_bias = bool(use_bias)
+        self.sigma = None if sigma is None else float(sigma)
+        if self.sigma is not None:
+            self.predictive_output = "gaussian"
+
+    def build(self, input_shape):
+        rows = int(input_shape[-1]) + int(self.use_bias)
+        add = lambda name, shape: self.add_weight(  # noqa: E731
+            name=name, shape=shape, initializer="zeros", trainable=False)
+        self.mean = add("mean", (rows, self.units))
+        if self.hessian == "diag":
+            self.std = add("std", (rows, self.units))
+        elif self.hessian == "kron":
+            self.q_a = add("q_a", (rows, rows))
+            self.q_g = add("q_g", (self.units, self.units))
+            self.inv_sqrt = add("inv_sqrt", (rows, self.units))
+        else:
+            self.sqrt_cov = add("sqrt_cov", (rows * self.units, rows * self.units))
+        self.built = True
+
+    def _delta(self, z):
+        """[S, rows, units] weight perturbations from standard normals of the same shape."""
+        if self.hessian == "diag":
+            return self.std * z
+        if self.hessian == "kron":
+            return tf.einsum("ij,sjc,dc->sid", self.q_a, z * self.inv_sqrt, self.q_g)
+        s = tf.shape(z)[0]
+        flat = tf.matmul(tf.reshape(z, [s, -1]), self.sqrt_cov, transpose_b=True)
+        return tf.reshape(flat, tf.shape(z))
+
+    def call(self, inputs):
+        phi = tf.convert_to_tensor(inputs)
+        if self.use_bias:
+            phi = tf.concat([phi, tf.ones_like(phi[:, :1])], axis=-1)
+        ctx = sampling.current()
+        if ctx is not None and ctx.mode == "mean":
+            out = tf.matmul(phi, self.mean)
+        else:
+            s = tf.constant(1, tf.int32) if ctx is None else tf.cast(ctx.num_samples, tf.int32)
+            shape = tf.concat([[s], tf.shape(self.mean)], 0)
+            z = (tf.random.normal(shape, dtype=phi.dtype) if ctx is None
+                 else ctx.normal(shape, phi.dtype))
+            weights = self.mean + self._delta(z)
+            rows = tf.shape(phi)[0]
+            per_sample = tf.reshape(phi, [s, rows // s, -1])
+            out = tf.reshape(tf.einsum("sbi,sic->sbc", per_sample, weights), [rows, self.units])
+        if self.sigma is not None:
+            out = tf.concat([out, tf.fill(tf.shape(out), tf.cast(self.sigma, out.dtype))], -1)
+        return out
+
+    def compute_output_shape(self, input_shape):
+        width = self.units * (2 if self.sigma is not None else 1)
+        return tf.TensorShape(input_shape[:-1]).concatenate([width])
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "hessian": self.hessian,
+                "use_bias": self.use_bias, "sigma": self.sigma}
+
+
+def _golden_max(f, lo, hi, iters=40):
+    """Maximiser of a unimodal f on [lo, hi] by golden-section search."""
+    ratio = (math.sqrt(5.0) - 1.0) / 2.0
+    a, b = lo, hi
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    fc, fd = f(c), f(d)
+    for _ in range(iters):
+        if fc >= fd:
+            b, d, fd = d, c, fc
+            c = b - ratio * (b - a)
+            fc = f(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + ratio * (b - a)
+            fd = f(d)
+    return (a + b) / 2.0
+
+
+class Laplace:
+    """A fitted last-layer Laplace approximation; built by `laplace`.
+
+    Attributes:
+        prior_precision: delta (tuned or given).
+        hessian: the GGN in the chosen structure: [rows, C] (diag), (A, G) (kron) or [P, P].
+        likelihood, hessian_structure, sigma_noise (regression), theta_map ([rows, C]).
+    """
+
+    def __init__(self, model, features, last, phi, targets, hessian, likelihood, sigma_noise):
+        self._model, self._features, self._last = model, features, last
+        # One traced feature pass for predict_probit (Model.predict costs a new trace per call).
+        self._feature_fn = tf.function(lambda x: features(x, training=False),
+                                       reduce_retracing=True)
+        self.hessian_structure, self.likelihood = hessian, likelihood
+        kernel = last.kernel.numpy().astype(np.float64)
+        self.use_bias = bool(last.use_bias)
+        self.theta_map = (np.vstack([kernel, last.bias.numpy()[None].astype(np.float64)])
+                          if self.use_bias else kernel)
+        self.num_classes = kernel.shape[1]
+        phi = self._augment(phi)
+        f = phi @ self.theta_map
+        if likelihood == "classification":
+            self.sigma_noise = None
+            logp = f - f.max(1, keepdims=True)
+            logp = logp - np.log(np.exp(logp).sum(1, keepdims=True))
+            self.log_likelihood = float(logp[np.arange(len(targets)), targets].sum())
+            p = np.exp(logp)
+            self.hessian = self._ggn_classification(phi, p)
+        else:
+            resid = targets - f
+            self.sigma_noise = (float(np.sqrt(np.mean(resid ** 2))) if sigma_noise is None
+                                else _positive("sigma_noise", sigma_noise))
+            s2 = self.sigma_noise ** 2
+            self.log_likelihood = float(-0.5 * np.sum(resid ** 2 / s2 + np.log(2 * np.pi * s2)))
+            self.hessian = self._ggn_regression(phi, s2)
+        self._eigen()
+
+    def _augment(self, phi):
+        phi = np.asarray(phi, np.float64)
+        return np.hstack([phi, np.ones((len(phi), 1))]) if self.use_bias else phi
+
+    # --- the GGN ----------------------------------------------------------------------------
+    def _ggn_classification(self, phi, p):
+        if self.hessian_structure == "diag":
+            return np.square(phi).T @ (p * (1.0 - p))
+        if self.hessian_structure == "kron":
+            g = (np.einsum("nc,cd->cd", p, np.eye(p.shape[1])) - p.T @ p) / len(p)
+            return phi.T @ phi, g
+        rows, c = phi.shape[1], p.shape[1]
+        h = np.zeros((rows, c, rows, c))
+        for start in range(0, len(p), 256):
+            ph, pp = phi[start:start + 256], p[start:start + 256]
+            lam = np.einsum("na,ab->nab", pp, np.eye(c)) - np.einsum("na,nb->nab", pp, pp)
+            h += np.einsum("ni,nj,nab->iajb", ph, ph, lam, optimize=True)
+        return h.reshape(rows * c, rows * c)
+
+    def _ggn_regression(self, phi, s2):
+        c = self.num_classes
+        a = phi.T @ phi / s2
+        if self.hessian_structure == "diag":
+            return np.repeat(np.diag(a)[:, None], c, axis=1)
+        if self.hessian_structure == "kron":
+            return a, np.eye(c)
+        return np.kron(a, np.eye(c))
+
+    def _eigen(self):
+        if self.hessian_structure == "diag":
+            self._eigenvalues = np.maximum(self.hessian.ravel(), 0.0)
+        elif self.hessian_structure == "kron":
+            la, self._q_a = np.linalg.eigh(self.hessian[0])
+            lg, self._q_g = np.linalg.eigh(self.hessian[1])
+            self._lam_a, self._lam_g = np.maximum(la, 0.0), np.maximum(lg, 0.0)
+            self._eigenvalues = np.outer(self._lam_a, self._lam_g).ravel()
+        else:
+            self._eigenvalues = np.maximum(np.linalg.eigvalsh(self.hessian), 0.0)
+
+    # --- prior precision --------------------------------------------------------------------
+    def log_marginal_likelihood(self, prior_precision=None):
+        """Laplace evidence log p(D | delta) (up to a constant in delta; see module doc)."""
+        delta = self.prior_precision if prior_precision is None else float(prior_precision)
+        num = self._eigenvalues.size
+        scatter = delta * float(np.sum(np.square(self.theta_map)))
+        log_det = float(np.sum(np.log(self._eigenvalues + delta))) - num * math.log(delta)
+        return self.log_likelihood - 0.5 * (scatter + log_det)
+
+    def _tune(self):
+        values = [self.log_marginal_likelihood(10.0 ** g) for g in _LOG10_GRID]
+        i = int(np.argmax(values))
+        lo, hi = _LOG10_GRID[max(i - 1, 0)], _LOG10_GRID[min(i + 1, len(_LOG10_GRID) - 1)]
+        return 10.0 ** _golden_max(lambda g: self.log_marginal_likelihood(10.0 ** g), lo, hi)
+
+    @property
+    def posterior_precision(self):
+        """H + delta I in the chosen structure (kron: the dense Kronecker product)."""
+        d = self.prior_precision
+        if self.hessian_structure == "diag":
+            return self.hessian + d
+        if self.hessian_structure == "kron":
+            dense = np.kron(*self.hessian)
+            return dense + d * np.eye(len(dense))
+        return self.hessian + d * np.eye(len(self.hessian))
+
+    # --- predictive -------------------------------------------------------------------------
+    def _function_variance(self, phi):
+        """[B, C] variance of the linearised outputs f = phi~^T theta."""
+        d = self.prior_precision
+        rows, c = self.theta_map.shape
+        if self.hessian_structure == "diag":
+            return np.square(phi) @ (1.0 / (self.hessian + d))
+        if self.hessian_structure == "kron":
+            u = np.square(phi @ self._q_a)  # [B, rows]
+            v = u @ (1.0 / (np.outer(self._lam_a, self._lam_g) + d))  # [B, C] in G's eigenbasis
+            return v @ np.square(self._q_g).T
+        cov = np.linalg.inv(self.posterior_precision).reshape(rows, c, rows, c)
+        return np.einsum("bi,bj,icjc->bc", phi, phi, cov, optimize=True)
+
+    def predict_probit(self, x, batch_size=256):
+        """Probit approximation of the predictive: softmax(mu / sqrt(1 + pi/8 var)) [B, C]."""
+        if self.likelihood != "classification":
+            raise ValueError("predict_probit is for classification; this Laplace has "
+                             "likelihood='regression' (use as_model() with tfp_bnn.predict).")
+        x = np.asarray(x, np.float32)
+        phi = self._augment(np.concatenate([self._feature_fn(x[i:i + batch_size]).numpy()
+                                            for i in range(0, len(x), batch_size)]))
+        mu = phi @ self.theta_map
+        z = mu / np.sqrt(1.0 + np.pi / 8.0 * self._function_variance(phi))
+        z = z - z.max(1, keepdims=True)
+        p = np.exp(z)
+        return (p / p.sum(1, keepdims=True)).astype(np.float32)
+
+    def _square_root(self):
+        d = self.prior_precision
+        if self.hessian_structure == "diag":
+            return [1.0 / np.sqrt(self.hessian + d)]
+        if self.hessian_structure == "kron":
+            return [self._q_a, self._q_g, 1.0 / np.sqrt(np.outer(self._lam_a, self._lam_g) + d)]
+        chol = np.linalg.cholesky(self.posterior_precision)
+        return [np.linalg.inv(chol).T]  # cov = (L L^T)^-1 = L^-T L^-1
+
+    def as_model(self, name=None):
+        """A tf_keras model drawing last-layer weights per MC sample (predict / export)."""
+        model = _rebuild.clone(self._model, name=name or f"{self._model.name}_laplace")
+        last = _rebuild.output_layers(model)[0]
+        layer = LaplaceDense(self.num_classes, self.hessian_structure, use_bias=self.use_bias,
+                             sigma=self.sigma_noise, name=f"{last.name}_laplace")
+        outputs = layer(last.input)
+        layer.set_weights([w.astype(np.float32) for w in [self.theta_map] + self._square_root()])
+        return tf_keras.Model(model.inputs, outputs, name=model.name)
+
+
+def _output_dense(model):
+    if len(model.outputs) != 1:
+        raise ValueError(f"laplace needs a model with one output; model {model.name!r} has "
+                         f"{len(model.outputs)}.")
+    last = _rebuild.output_layers(model)[0]
+    if convert._kind(last) != "Dense":
+        raise ValueError(f"laplace(subset='last_layer') needs a model whose output layer is "
+                         f"Dense; model {model.name!r} ends in layer {last.name!r} "
+                         f"({type(last).__name__}).")
+    return last
+
+
+def laplace(model, x, y, subset="last_layer", hessian="kron", prior_precision="marglik",
+            likelihood="classification", sigma_noise=None, batch_size=256):
+    """Fit a Laplace approximation to a trained deterministic model (see module doc).
+
+    Args:
+        model: a trained tf_keras or Keras 3 model whose output layer is a Dense layer giving
+            logits (linear or softmax activation) or a regression output (linear).
+        x: training inputs (numpy).
+        y: integer class labels [N] (or one-hot [N, C]) / regression targets [N, C].
+        subset: which weights are Bayesian; only "last_layer".
+        hessian: "diag", "kron" or "full".
+        prior_precision: "marglik" (maximise the evidence) or a positive number.
+        likelihood: "classification" (softmax) or "regression" (Gaussian).
+        sigma_noise: regression noise std; None estimates it from the residuals (MLE).
+        batch_size: batch size of the feature pass.
+
+    Returns:
+        `Laplace`, with ``as_model()`` and ``predict_probit(x)``.
+    """
+    _choice("subset", subset, SUBSETS)
+    hessian = _choice("hessian", hessian, HESSIANS)
+    likelihood = _choice("likelihood", likelihood, LIKELIHOODS)
+    if not (isinstance(prior_precision, str) and prior_precision == "marglik"):
+        if isinstance(prior_precision, str):
+            raise ValueError("prior_precision must be 'marglik' or a positive number. "
+                             f"Received: prior_precision={prior_precision!r}")
+        prior_precision = _positive("prior_precision", prior_precision)
+    if not convert._is_model(model):
+        raise ValueError("model must be a tf_keras or Keras 3 Model. "
+                         f"Received: model={model!r} (type {type(model).__name__})")
+    _output_dense(model)
+    copy = _rebuild.clone(model)
+    last = _output_dense(copy)
+    activation = last.get_config().get("activation")
+    allowed = ("linear", "softmax") if likelihood == "classification" else ("linear",)
+    if activation not in allowed:
+        raise ValueError(f"laplace(likelihood={likelihood!r}) needs the output Dense layer "
+                         f"{last.name!r} to have activation in {allowed} (logits); it has "
+                         f"activation={activation!r}.")
+    try:
+        features = tf_keras.Model(copy.inputs, last.input)
+    except ValueError as e:
+        raise ValueError(f"laplace cannot read the features below layer {last.name!r} (an output "
+                         f"layer inside a nested model?): {e}") from None
+    phi = features.predict(x, batch_size=batch_size, verbose=0)
+    if phi.ndim != 2:
+        raise ValueError(f"laplace needs 2-D features below the output layer {last.name!r}; "
+                         f"they have shape {phi.shape}.")
+    y = np.asarray(y)
+    if likelihood == "classification":
+        targets = (y.argmax(-1) if y.ndim == 2 and y.shape[1] > 1 else y.reshape(-1)).astype(int)
+        if targets.min() < 0 or targets.max() >= last.units:
+            raise ValueError(f"y must hold class indices in [0, {last.units}). Received labels in "
+                             f"[{targets.min()}, {targets.max()}].")
+    else:
+        targets = y.reshape(len(y), -1).astype(np.float64)
+    if len(targets) != len(phi):
+        raise ValueError(f"x and y differ in length: {len(phi)} vs {len(targets)}.")
+    result = Laplace(copy, features, last, phi, targets, hessian, likelihood, sigma_noise)
+    result.prior_precision = result._tune() if prior_precision == "marglik" else prior_precision
+    return result

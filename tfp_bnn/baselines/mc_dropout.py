@@ -1,0 +1,176 @@
+"""MC dropout: a copy of a Keras model whose dropout stays on at inference.
+
+Each forward pass drops units with probability ``rate`` (inverted dropout), so one call is one
+sample from the approximate posterior of Gal & Ghahramani:
+
+    mask_s ~ Bernoulli(1 - rate)^units,   h_s = h * mask_s / (1 - rate)
+    p(y | x) ~= (1/S) sum_s p(y | x, mask_s)
+
+Inside `tfp_bnn.sampling.mc_sampling` (what `tfp_bnn.predict` and the SavedModel export use) each
+of the S*B tiled rows gets its own mask: ``keep = u >= rate`` with ``u`` stateless-uniform under a
+seed taken from the context's normal stream, so ``predict(..., seed=0)`` is reproducible (and
+uniform draws cost half as much as thresholding normals); in the context's "mean" mode (the
+export's ``deterministic`` signature) dropout is the identity.
+
+Example:
+    >>> mcd = tfp_bnn.mc_dropout(model, rate=0.1, where="before_dense")
+    >>> pred = tfp_bnn.predict(mcd, x_test, num_samples=100)
+
+References:
+    Gal & Ghahramani, "Dropout as a Bayesian Approximation", ICML 2016.
+"""
+import math
+import warnings
+
+from tfp_bnn import convert, sampling
+from tfp_bnn._keras import keras3, tf, tf_keras
+from tfp_bnn.baselines import _rebuild
+
+__all__ = ["mc_dropout", "MCDropout", "PLACEMENTS"]
+
+# Where `mc_dropout` inserts new Dropout layers (existing ones are always kept, switched on):
+PLACEMENTS = {
+    "before_dense": "before every Dense layer except one that reads an Input layer directly "
+                    "(hidden features are dropped, raw inputs are not)",
+    "after_dense": "after every Dense layer except the ones producing the model's outputs",
+    "all": "before every Dense and Conv layer, the model's inputs included (Gal & Ghahramani's "
+           "dropout on the input of every weight layer)",
+    "none": "nowhere: only the model's existing Dropout layers, kept on at inference",
+}
+# Dropout-family layers that are not plain Dropout: copied unchanged (off at inference).
+_OTHER_NOISE = ("SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianDropout",
+                "AlphaDropout", "GaussianNoise")
+
+
+@tf_keras.saving.register_keras_serializable(package="tfp_bnn")
+class MCDropout(tf_keras.layers.Dropout):
+    """Dropout that is on in every call, training or not (the layer's ``stochastic`` flag).
+
+    Same constructor as ``tf_keras.layers.Dropout``.
+    """
+
+    stochastic = True
+
+    def __init__(self, rate, noise_shape=None, seed=None, **kwargs):
+        super().__init__(_check_rate(rate), noise_shape=noise_shape, seed=seed, **kwargs)
+
+    def call(self, inputs, training=None):
+        ctx = sampling.current()
+        inputs = tf.convert_to_tensor(inputs)
+        if ctx is not None and ctx.mode == "mean":
+            return tf.identity(inputs)
+        shape = self._get_noise_shape(inputs)
+        shape = tf.shape(inputs) if shape is None else shape
+        if ctx is None:
+            keep = tf.random.uniform(shape) >= self.rate
+        else:
+            # The context only hands out normals: two of them, bit-cast, seed the uniform draws
+            # (reproducible under a seeded context, fresh otherwise).
+            seed = tf.cast(tf.bitcast(ctx.normal([2], tf.float32), tf.int32), tf.int64)
+            keep = tf.random.stateless_uniform(shape, seed) >= self.rate
+        return inputs * tf.cast(keep, inputs.dtype) / tf.cast(1.0 - self.rate, inputs.dtype)
+
+
+def _check_rate(rate):
+    try:
+        ok = not isinstance(rate, bool) and 0.0 < float(rate) < 1.0 and math.isfinite(float(rate))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"rate must be a number strictly between 0 and 1. Received: rate={rate!r}")
+    return float(rate)
+
+
+def _is_plain_dropout(layer):
+    if isinstance(layer, tf_keras.layers.Layer):  # no Keras 3 import for a tf_keras model
+        return type(layer) is tf_keras.layers.Dropout
+    k3 = keras3()
+    return k3 is not None and type(layer) is k3.layers.Dropout
+
+
+class _Before:
+    """Calls ``dropout`` then ``layer``; skips the dropout on Input tensors unless told not to."""
+
+    def __init__(self, dropout, layer, on_inputs):
+        self.dropout, self.layer, self.on_inputs = dropout, layer, on_inputs
+
+    def __call__(self, inputs, *args, **kwargs):
+        if self.on_inputs or not _rebuild.is_input_tensor(inputs):
+            inputs = self.dropout(inputs)
+        return self.layer(inputs, *args, **kwargs)
+
+
+class _After:
+    def __init__(self, layer, dropout):
+        self.layer, self.dropout = layer, dropout
+
+    def __call__(self, *args, **kwargs):
+        return self.dropout(self.layer(*args, **kwargs))
+
+
+def mc_dropout(model, rate=0.1, where="before_dense"):
+    """Return a NEW tf_keras model whose dropout stays on at inference (MC dropout).
+
+    Existing ``Dropout`` layers are kept (with their own rate) and switched on; new ones with
+    ``rate`` are inserted according to ``where`` (see `PLACEMENTS`):
+
+    * ``"before_dense"``: before every Dense layer that does not read an Input layer directly;
+    * ``"after_dense"``: after every Dense layer except those producing the model's outputs;
+    * ``"all"``: before every Dense and Conv layer, inputs included;
+    * ``"none"``: no new layer, only the existing Dropout layers.
+
+    Other noise layers (SpatialDropout, GaussianDropout, AlphaDropout, GaussianNoise) are copied
+    unchanged, i.e. still off at inference (a warning says so). Weights are copied; the source
+    model is not modified.
+
+    Args:
+        model: a built tf_keras or Keras 3 model (Sequential or Functional).
+        rate: dropout probability of the inserted layers, in (0, 1).
+        where: one of `PLACEMENTS`.
+
+    Returns:
+        A tf_keras Functional model (uncompiled) to pass to `tfp_bnn.predict` or
+        `tfp_bnn.export_savedmodel`, or to fine-tune with dropout on.
+
+    Example:
+        >>> mcd = tfp_bnn.mc_dropout(model, rate=0.1)
+        >>> tfp_bnn.predict(mcd, x, num_samples=100).mutual_information
+    """
+    rate = _check_rate(rate)
+    if not isinstance(where, str) or where not in PLACEMENTS:
+        raise ValueError(f"Unknown placement: where={where!r}. Valid: {sorted(PLACEMENTS)}")
+    skipped = []
+
+    def make(layer):
+        if _is_plain_dropout(layer):
+            config = layer.get_config()
+            new = MCDropout(config["rate"], noise_shape=config.get("noise_shape"),
+                            seed=config.get("seed"), name=layer.name)
+            return new, None
+        if type(layer).__name__ in _OTHER_NOISE:
+            skipped.append(layer.name)
+            return None
+        kind = convert._kind(layer)
+        if kind is None or where == "none" or (kind != "Dense" and where != "all"):
+            return None
+        copy = convert._copy_layer(layer)
+        if where == "after_dense":
+            if any(layer is out for out in outputs):
+                return None
+            return _After(copy, MCDropout(rate, name=f"{layer.name}_mc_dropout")), copy
+        dropout = MCDropout(rate, name=f"{layer.name}_mc_dropout")
+        return _Before(dropout, copy, on_inputs=(where == "all")), copy
+
+    if not convert._is_model(model):
+        raise ValueError("model must be a tf_keras or Keras 3 Model. "
+                         f"Received: model={model!r} (type {type(model).__name__})")
+    outputs = _rebuild.output_layers(model)
+    new = _rebuild.clone(model, make, name=f"{model.name}_mc_dropout")
+    if skipped:
+        warnings.warn(f"mc_dropout: layers {skipped} are not plain Dropout; they were copied "
+                      "unchanged and stay off at inference.", UserWarning, stacklevel=2)
+    if not any(isinstance(l, MCDropout) for l in new._flatten_layers(include_self=False)):
+        raise ValueError(f"mc_dropout(where={where!r}) left model {model.name!r} without any "
+                         "dropout: it has no Dropout layer and no Dense layer where new dropout "
+                         f"would go. Use another placement: {sorted(PLACEMENTS)}")
+    return new
