@@ -171,6 +171,26 @@ def test_serving_default_agrees_with_predict_within_mc_error(bnn, loaded, batch)
     assert np.abs(z).max() < 5, np.abs(z).max()
 
 
+@pytest.mark.parametrize("batch", [1, 40])  # output space, weight space
+def test_bayesian_bias_matches_the_plain_tfp_loop(tmp_path, batch):
+    # The served graph against TFP's own layers called S times (not against tfp_bnn.predict,
+    # which shares the sampling code): the bias variance must reach the outputs either way.
+    tf_keras.utils.set_random_seed(1)
+    model = tfp_bnn.bayesify(_source(), estimator="reparameterization", kl_weight=1.0,
+                             posterior=tfp_bnn.posteriors.MeanField(init_scale=0.3,
+                                                                    bayesian_bias=True))
+    served = tf.saved_model.load(tfp_bnn.export_savedmodel(model, tmp_path / "m", num_samples=2))
+    x = np.random.default_rng(batch).normal(size=(batch, 4)).astype(np.float32)
+    n = 1000
+    out = _call(served, "predict_with_samples", features=x, num_samples=np.int32(n))
+    call = tf.function(lambda t: model(t))
+    loop = np.stack([call(x).numpy() for _ in range(n)])
+    z_mean = (out["mean_logits"] - loop.mean(0)) / np.sqrt((out["variance"] + loop.var(0)) / n)
+    # Var of a variance estimate ~ 2 var^2 / n for near-Gaussian samples; allow heavier tails.
+    z_var = (out["variance"] - loop.var(0)) / (loop.var(0) * np.sqrt(2 * 2 / n))
+    assert np.abs(z_mean).max() < 5 and np.abs(z_var).max() < 5, (z_mean, z_var)
+
+
 def test_predict_with_samples_honours_num_samples(loaded):
     x = X[:3]
     spread = {}
@@ -262,7 +282,14 @@ def test_size_against_the_deterministic_model(bnn, exported, tmp_path):
           f"({ratio:.2f}x), lean deterministic {_size(lean_path)} B "
           f"({_size(exported) / _size(lean_path):.2f}x)")
     assert ratio <= 2.2
-    # The weights themselves: sigma^2 replaces rho, and nothing else rides along.
+    # The weights themselves: means and sigma^2 of the kernels, the biases, nothing else (no rho,
+    # no priors, no KL weights).
+    saved = tf.train.list_variables(os.path.join(exported, "variables", "variables"))
+    saved_params = sum(int(np.prod(shape)) for name, shape in saved if "OPTIMIZER" not in name
+                       and not name.startswith("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    kernels = sum(int(np.prod(w.shape)) for w in det.weights if "kernel" in w.name)
+    biases = sum(int(np.prod(w.shape)) for w in det.weights if "bias" in w.name)
+    assert saved_params == 2 * kernels + biases
     assert _variables_size(exported) <= 2.2 * _variables_size(keras_path)
 
 

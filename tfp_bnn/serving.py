@@ -96,7 +96,8 @@ def _signature(session, body):
                          f'(row format) or "inputs" (columnar format). Received: {str(body)[:200]}')
     name = body.get("signature_name", "serving_default")
     if name not in session.signatures:
-        raise ValueError(f"Unknown signature_name={name!r}. Available: {sorted(session.signatures)}")
+        raise ValueError(f"Unknown signature_name={name!r}. "
+                         f"Available: {sorted(session.signatures)}")
     return body, name, session.signatures[name]
 
 
