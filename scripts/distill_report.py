@@ -1,0 +1,212 @@
+"""Bayesian dark knowledge report: a VI teacher, its distilled students and a hard-label student.
+
+Per dataset and seed (data, splits, OOD sets and backbone exactly as scripts/compare_methods.py,
+whose helpers this imports):
+
+    teacher              bayesify(backbone, "flipout"), trained as compare_methods' vi_flipout
+                         (KL weight --kl-multiplier / N, default 1 / N); predicted with
+                         S = num_samples MC samples
+    hard-label student   the same backbone trained on the labels (compare_methods'
+                         deterministic); one forward pass
+    distilled student    a fresh backbone, tfp_bnn.distill(teacher, ...) on the training inputs
+                         plus noisy copies; one forward pass
+    distilled + MI head  the same with uncertainty_head=True: OOD scored by the head's MI too
+
+Metrics on the test set (mean +- std over seeds): accuracy, NLL, ECE (15 bins), OOD AUROC by
+mutual information (MI: teacher MC, or the student's head) and by predictive entropy (H),
+training seconds (a student's includes only its own training, not the teacher's) and predict
+milliseconds per 1,000 examples (after warm-up). The distillation settings are fixed in
+`DISTILL` below, chosen before looking at test results and never tuned on them.
+
+Targets (seed means): a distilled student's NLL and ECE within 10 % of the teacher's (at most
+1.1 x) and below the hard-label student's.
+
+Usage:
+    python scripts/distill_report.py --seeds 3 --out runs/distill_report
+    python scripts/distill_report.py --quick        # smoke run: 1 seed, few epochs
+"""
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+import warnings
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import compare_methods as cm  # noqa: E402  (data sets, backbone, recipes, timing)
+
+import tfp_bnn  # noqa: E402
+from tfp_bnn.distill import distill  # noqa: E402
+from tfp_bnn._keras import tf_keras  # noqa: E402
+
+METHODS = ("teacher", "hard_label", "distilled", "distilled_mi")
+LABELS = {"teacher": "Teacher (VI Flipout, MC)", "hard_label": "Hard-label student",
+          "distilled": "Distilled student", "distilled_mi": "Distilled student + MI head"}
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillRecipe:
+    """Distillation settings of one dataset (inputs are in [0, 1] for both data sets)."""
+
+    epochs: int
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    noise_stddev: float = 0.1
+    noise_copies: int = 4
+
+    def quick(self):
+        return dataclasses.replace(self, epochs=2, noise_copies=1)
+
+
+DISTILL = {"iris": DistillRecipe(epochs=300), "digits": DistillRecipe(epochs=60)}
+
+
+def _one_pass(model):
+    """(probs, None, entropy) from one forward pass of a deterministic logits model."""
+    run = cm.mc_predictor(model, 1, 0)
+    return lambda x: (lambda p, _, h: (p, None, h))(*run(x))
+
+
+def _with_head(result):
+    def run(x):
+        p = result.predict(x)
+        return p.probabilities, p.mutual_information, p.predictive_entropy
+    return run
+
+
+def _distill(teacher, data, recipe, drecipe, seed, head):
+    tf_keras.utils.set_random_seed(seed)
+    student = cm.backbone(data, recipe, name="student")
+    start = time.perf_counter()
+    result = distill(teacher, student, data.x_train, num_samples=recipe.num_samples,
+                     epochs=drecipe.epochs, batch_size=drecipe.batch_size,
+                     learning_rate=drecipe.learning_rate, noise_stddev=drecipe.noise_stddev,
+                     noise_copies=drecipe.noise_copies, uncertainty_head=head, seed=seed)
+    return result, time.perf_counter() - start
+
+
+def train_all(data, recipe, drecipe, seed, kl_multiplier=1.0):
+    """{method: (predictor, train seconds)} for one split."""
+    out = {}
+    n = len(data.x_train)
+    tf_keras.utils.set_random_seed(seed)
+    teacher = cm.compiled(tfp_bnn.bayesify(cm.backbone(data, recipe), estimator="flipout",
+                                           kl_weight=kl_multiplier / n), recipe)
+    out["teacher"] = (cm.mc_predictor(teacher, recipe.num_samples, seed),
+                      cm.fit(teacher, data, recipe, recipe.vi_epochs))
+    weights = [w.copy() for w in teacher.get_weights()]
+
+    tf_keras.utils.set_random_seed(seed)
+    hard = cm.compiled(cm.backbone(data, recipe, name="hard"), recipe)
+    out["hard_label"] = (_one_pass(hard), cm.fit(hard, data, recipe, recipe.epochs))
+
+    plain, seconds = _distill(teacher, data, recipe, drecipe, seed, head=False)
+    out["distilled"] = (_one_pass(plain.student), seconds)
+    headed, seconds = _distill(teacher, data, recipe, drecipe, seed, head=True)
+    out["distilled_mi"] = (_with_head(headed), seconds)
+    assert all(np.array_equal(a, b) for a, b in zip(weights, teacher.get_weights())), \
+        "distill changed the teacher"
+    return out
+
+
+def run_dataset(name, recipe, drecipe, seeds, kl_multiplier=1.0):
+    rows = {m: [] for m in METHODS}
+    for seed in range(seeds):
+        data = cm.DATASETS[name](seed)
+        for method, (predictor, seconds) in train_all(data, recipe, drecipe, seed,
+                                                       kl_multiplier).items():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                row, _ = cm.evaluate(predictor, data)
+                row["train_s"] = seconds
+                row["predict_ms_per_1000"] = cm.predict_ms_per_1000(predictor, data.x_test)
+            rows[method].append(row)
+            print(f"{name} seed {seed} {method}: " + ", ".join(
+                f"{k}={v:.4f}" for k, v in row.items() if v is not None), flush=True)
+    return rows
+
+
+def table(name, rows, ood_names):
+    cols = [("Acc ↑", "accuracy"), ("NLL ↓", "nll"), ("ECE ↓", "ece")]
+    for o in ood_names:
+        label = {"digits_8_9": "8/9", "noise": "noise"}[o]
+        cols += [(f"AUROC {label} MI ↑", f"auroc_{o}_mi"),
+                 (f"AUROC {label} H ↑", f"auroc_{o}_entropy")]
+    lines = ["| Model | " + " | ".join(c for c, _ in cols) + " | Train s | Predict ms/1k |",
+             "|---" * (len(cols) + 3) + "|"]
+    for method, r in rows.items():
+        cells = [cm._cell([x[k] for x in r]) for _, k in cols]
+        cells += [cm._cell([x["train_s"] for x in r], 1),
+                  cm._cell([x["predict_ms_per_1000"] for x in r], 1)]
+        lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + " |")
+    return f"**{name}**\n\n" + "\n".join(lines)
+
+
+def targets(name, rows):
+    """Each distilled student against the teacher (<= 1.1 x) and the hard-label student (<)."""
+    mean = {m: {k: float(np.mean([x[k] for x in r])) for k in ("nll", "ece")}
+            for m, r in rows.items()}
+    t, h = mean["teacher"], mean["hard_label"]
+    lines, met = [], {}
+    for m in ("distilled", "distilled_mi"):
+        for k in ("nll", "ece"):
+            s = mean[m][k]
+            ok_t, ok_h = s <= 1.1 * t[k], s < h[k]
+            met[f"{m}_{k}"] = bool(ok_t and ok_h)
+            lines.append(f"- {name} {LABELS[m]} {k.upper()} {s:.4f}: within 10 % of the teacher "
+                         f"({t[k]:.4f}, limit {1.1 * t[k]:.4f}) {'yes' if ok_t else 'NO'}; "
+                         f"below the hard-label student ({h[k]:.4f}) {'yes' if ok_h else 'NO'}")
+    return lines, met
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--datasets", nargs="+", default=list(cm.DATASETS),
+                        choices=list(cm.DATASETS))
+    parser.add_argument("--out", default="runs/distill_report")
+    parser.add_argument("--kl-multiplier", type=float, default=1.0,
+                        help="teacher KL weight = this / N (1: compare_methods' vi_flipout)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, few epochs")
+    args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error(f"--seeds must be >= 1. Received: --seeds={args.seeds}")
+    if not args.kl_multiplier > 0:
+        parser.error("--kl-multiplier must be > 0. "
+                     f"Received: --kl-multiplier={args.kl_multiplier}")
+    seeds = 1 if args.quick else args.seeds
+    os.makedirs(args.out, exist_ok=True)
+    start = time.perf_counter()
+
+    results, sections, checks, met = {}, [], [], {}
+    for name in args.datasets:
+        recipe = cm.RECIPES[name].quick() if args.quick else cm.RECIPES[name]
+        drecipe = DISTILL[name].quick() if args.quick else DISTILL[name]
+        rows = run_dataset(name, recipe, drecipe, seeds, args.kl_multiplier)
+        results[name] = {"recipe": dataclasses.asdict(recipe),
+                         "kl_multiplier": args.kl_multiplier,
+                         "distill_recipe": dataclasses.asdict(drecipe), "rows": rows}
+        sections.append(table(name, rows, list(cm.DATASETS[name](0).ood)))
+        lines, ok = targets(name, rows)
+        checks += lines
+        met.update({f"{name}_{k}": v for k, v in ok.items()})
+    results["targets_met"] = met
+    results["command"] = "python scripts/distill_report.py " + " ".join(
+        argv if argv is not None else sys.argv[1:])
+    results["total_s"] = time.perf_counter() - start
+    text = ("\n\n".join(sections) + "\n\nTargets (seed means):\n\n" + "\n".join(checks)
+            + f"\n\nCommand: `{results['command']}` ({results['total_s']:.0f} s)\n")
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    with open(os.path.join(args.out, "table.md"), "w") as f:
+        f.write(text)
+    print(text)
+    print(f"wrote {args.out}/results.json and table.md")
+    return results
+
+
+if __name__ == "__main__":
+    main()
