@@ -250,8 +250,6 @@ def test_shared_layer_stays_shared(shared_bnn):
     assert len(shared_bnn.get_layer("shared")._inbound_nodes) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: TFP adds the KL on every call of a layer, so a "
-                   "layer shared by two branches counts KL(q || p) twice in the ELBO")
 def test_shared_layer_counts_its_kl_once(shared_bnn):
     shared_bnn([np.ones((2, 3), np.float32)] * 2)
     layer = shared_bnn.get_layer("shared")

@@ -97,6 +97,24 @@ def test_kl_weight_from():
         elbo.kl_weight_from()
 
 
+def test_kl_weight_from_a_dataset_counts_examples_not_batches():
+    D = tf.data.Dataset
+    examples = D.from_tensor_slices((np.zeros((10, 3), np.float32), np.arange(10)))
+    assert elbo.num_examples(examples) == 10
+    assert elbo.num_examples(examples.shuffle(10).batch(3).prefetch(2)) == 10
+    assert elbo.num_examples(examples.take(7).batch(2, num_parallel_calls=2).cache()) == 7
+    assert elbo.num_examples(examples.batch(3, drop_remainder=True)) == 9
+    assert elbo.num_examples(examples.padded_batch(4, drop_remainder=True)) == 8
+    assert elbo.kl_weight_from(num_train_examples=examples.batch(4)) == 0.1
+    for dataset in (examples.repeat(), examples.filter(lambda a, b: True),
+                    examples.batch(2).take(3), examples.batch(2).batch(2)):
+        with pytest.raises(ValueError, match=r"num_train_examples=N"):
+            elbo.kl_weight_from(num_train_examples=dataset)
+    source = tf_keras.Sequential([tf_keras.Input((3,)), L.Dense(2)])
+    bnn = tfp_bnn.bayesify(source, num_train_examples=examples.batch(4))
+    np.testing.assert_allclose(list(tfp_bnn.kl_weights(bnn).values()), [0.1], rtol=1e-7)
+
+
 # --- sum(model.losses) = kl_weight * sum_layers KL ------------------------------------------------
 @pytest.mark.parametrize("estimator, prior, posterior", [
     ("flipout", priors.Normal(loc=0.1, scale=0.5), None),

@@ -116,10 +116,22 @@ class BayesianLayer:
         return total
 
     def _apply_divergence(self, divergence_fn, posterior, prior, posterior_tensor, name):
+        """Add ``kl_weight * KL`` once per forward pass of the outermost model.
+
+        A layer shared by two branches is called twice in one pass, but its posterior is one
+        set of weights: the ELBO holds its KL once. Keras clears a layer's call losses at the
+        start of every outermost call (per thread, so per replica under tf.distribute); the
+        loss added earlier in this pass is still in that list, so a later call adds nothing.
+        """
         if posterior is None or prior is None:
             return
+        added = getattr(self._thread_local, "tfp_bnn_kl", {})
+        if any(loss is added.get(name) for loss in self._eager_losses):
+            return
         kl = self.prior.kl(posterior, prior, posterior_tensor)
-        self.add_loss(tf.identity(tf.cast(self.kl_weight, kl.dtype) * kl, name=name))
+        loss = tf.identity(tf.cast(self.kl_weight, kl.dtype) * kl, name=name)
+        self.add_loss(loss)
+        self._thread_local.tfp_bnn_kl = {**added, name: loss}
 
     # --- forward ----------------------------------------------------------------------------
     def call(self, inputs):
