@@ -20,6 +20,7 @@ import numpy as np
 from tfp_bnn import layers as bl
 from tfp_bnn import posteriors as posteriors_lib
 from tfp_bnn import priors as priors_lib
+from tfp_bnn import rnn
 from tfp_bnn._keras import is_keras3_model, is_tf_keras_model, keras3, tf, tf_keras
 from tfp_bnn.elbo import BayesianModel, kl_weight_from
 
@@ -34,7 +35,12 @@ ESTIMATORS = {
                            "Conv3D": bl.Conv3DReparameterization},
     "local_reparameterization": {"Dense": bl.DenseLocalReparameterization},
 }
-_CONVERTIBLE = ("Dense", "Conv1D", "Conv2D", "Conv3D")
+ESTIMATORS["flipout"].update(LSTM=bl.LSTMFlipout, GRU=bl.GRUFlipout,
+                             SimpleRNN=bl.SimpleRNNFlipout)
+ESTIMATORS["reparameterization"].update(LSTM=bl.LSTMReparameterization,
+                                        GRU=bl.GRUReparameterization,
+                                        SimpleRNN=bl.SimpleRNNReparameterization)
+_CONVERTIBLE = ("Dense", "Conv1D", "Conv2D", "Conv3D") + rnn.KERAS_KINDS
 # Subclasses of Conv that a mean-field TFP layer cannot express (checked before Conv itself).
 _UNSUPPORTED = {
     "Conv1DTranspose": "TFP has no Bayesian transposed convolution",
@@ -79,6 +85,8 @@ def _why_not(layer, estimator):
                 "exists only for Dense); use estimator='flipout' or 'reparameterization', or "
                 "exclude the layer with layers=")
     config = layer.get_config()
+    if kind in rnn.KERAS_KINDS:
+        return rnn.unsupported_option(config)
     for key, why in _UNFAITHFUL.items():
         if config.get(key) not in (None, 0):
             return f"{key}={config.get(key)!r}: {why}"
@@ -90,8 +98,18 @@ def _why_not(layer, estimator):
 
 
 def _is_convertible_class(layer):
+    if _wrapped_rnn(layer) is not None:
+        return _is_convertible_class(_wrapped_rnn(layer))
     return type(layer).__name__ in _UNSUPPORTED or _kind(layer) is not None or (
         isinstance(layer, _dense_conv_bases()) and not _is_model(layer))
+
+
+def _wrapped_rnn(layer):
+    """The forward layer of a built-in Bidirectional wrapper (converted with it), else None."""
+    if type(layer).__name__ == "Bidirectional" and type(layer).__module__.startswith(
+            ("tf_keras.", "keras.")):
+        return layer.forward_layer
+    return None
 
 
 def _dense_conv_bases():
@@ -100,6 +118,8 @@ def _dense_conv_bases():
     k3 = keras3()
     if k3 is not None:
         bases += [k3.layers.Dense, k3.layers.Conv1D, k3.layers.Conv2D, k3.layers.Conv3D]
+        bases += [getattr(k3.layers, kind) for kind in rnn.KERAS_KINDS]
+    bases += [getattr(tf_keras.layers, kind) for kind in rnn.KERAS_KINDS]
     return tuple(bases)
 
 
@@ -215,12 +235,13 @@ class _Rebuilder:
         if _is_model(layer):
             new = self.rebuild(layer, top=False)
         elif _is_convertible_class(layer) and self.select(layer):
-            reason = _why_not(layer, self.estimator)
+            inner = _wrapped_rnn(layer)
+            reason = _why_not(layer if inner is None else inner, self.estimator)
             if reason is not None:
                 raise ValueError(
                     f"Cannot convert layer {layer.name!r} ({type(layer).__name__}): {reason}. "
                     "Leave it deterministic by excluding it with layers=.")
-            new = self._bayesian(layer)
+            new = self._bayesian(layer) if inner is None else self._bidirectional(layer)
             self.converted.append(new)
         else:
             new = _copy_layer(layer)
@@ -234,8 +255,12 @@ class _Rebuilder:
         cls = ESTIMATORS[self.estimator][kind]
         common = dict(
             name=config["name"], trainable=config.get("trainable", True),
-            # The variable dtype: float64 stays float64; a mixed-precision policy's float32 is
-            # kept as plain float32 (TFP's variational layers have no mixed-precision path).
+            # The variable dtype: float64 stays float64. Under a mixed policy ("mixed_float16",
+            # "mixed_bfloat16") the Bayesian layer runs in plain float32, like the float32
+            # output layer Keras recommends: softplus(rho), the weight draw and the KL, whose
+            # log(sigma_prior / sigma) terms and sums over every weight lose too much in
+            # 16 bits (sigma < 6e-8 is 0 in float16). Keras casts its inputs up and the next
+            # layer's inputs back down; the other layers keep the mixed policy.
             dtype=str(layer.dtype),
             activation=tf_keras.activations.serialize(
                 tf_keras.activations.get(config.get("activation"))),
@@ -244,12 +269,24 @@ class _Rebuilder:
             bias_initializer=config.get("bias_initializer", "zeros"),
             activity_regularizer=tf_keras.regularizers.get(config.get("activity_regularizer")),
             prior=self.prior, posterior=self.posterior, kl_weight=self.kl_weight)
+        if kind in rnn.KERAS_KINDS:
+            return cls(**rnn.keras_options(kind, config), **common)
         if kind == "Dense":
             return cls(units=config["units"], **common)
         return cls(filters=config["filters"], kernel_size=config["kernel_size"],
                    strides=config.get("strides", 1), padding=config.get("padding", "valid"),
                    data_format=config.get("data_format") or "channels_last",
                    dilation_rate=config.get("dilation_rate", 1), **common)
+
+    def _bidirectional(self, layer):
+        """Bidirectional(Bayesian RNN) with both directions converted (weights copied later)."""
+        fwd, bwd = self._bayesian(layer.forward_layer), self._bayesian(layer.backward_layer)
+        for new, prefix in ((fwd, "forward_"), (bwd, "backward_")):
+            if new.name.startswith(prefix):  # the wrapper prefixes the names again
+                new._name = new.name[len(prefix):]
+        return tf_keras.layers.Bidirectional(
+            fwd, merge_mode=layer.get_config().get("merge_mode", "concat"), backward_layer=bwd,
+            name=layer.name, trainable=layer.trainable)
 
     def rebuild(self, model, top):
         try:
@@ -285,6 +322,11 @@ class _Rebuilder:
         node = layer._inbound_nodes[node_index]
         if hasattr(node, "arguments"):  # Keras 3
             args, kwargs = node.arguments.args, node.arguments.kwargs
+            # Keras 3 records a propagated mask as an argument computed by an op, not a layer
+            # (Masking -> LSTM); tf_keras propagates it by itself through the rebuilt layers.
+            kwargs = {k: v for k, v in kwargs.items() if not (
+                k == "mask" and hasattr(v, "_keras_history") and not isinstance(
+                    v._keras_history[0], _keras3_layer_class()))}
         else:
             args, kwargs = node.call_args, node.call_kwargs
         symbolic = lambda x: hasattr(x, "_keras_history")  # noqa: E731
@@ -309,6 +351,11 @@ def _copy_weights(pairs, posterior):
     for src, new in pairs:
         if _is_model(src):
             continue
+        if isinstance(getattr(new, "forward_layer", None), bl.BayesianLayer):  # Bidirectional
+            for s, n in ((src.forward_layer, new.forward_layer),
+                         (src.backward_layer, new.backward_layer)):
+                _init_posterior(s, n, [np.asarray(w) for w in s.get_weights()], posterior)
+            continue
         src_w = [np.asarray(w) for w in src.get_weights()]
         if isinstance(new, bl.BayesianLayer):
             _init_posterior(src, new, src_w, posterior)
@@ -324,6 +371,8 @@ def _copy_weights(pairs, posterior):
 def _init_posterior(src, new, src_w, posterior):
     if not posterior.from_weights:
         return
+    if isinstance(new, rnn.BayesianRNN):
+        return rnn.init_from_weights(new, src_w, posterior)
     kernel = src_w[0]
     dist = new.kernel_posterior.distribution
     dist.loc.assign(kernel)
@@ -378,7 +427,8 @@ def bayesify(model, estimator="flipout", prior="normal", posterior=None, num_tra
         estimator: "flipout", "reparameterization" or "local_reparameterization" (Dense only).
         prior: a prior name (see `tfp_bnn.priors.PRIORS`), dict, or `tfp_bnn.priors` instance.
         posterior: `tfp_bnn.posteriors.MeanField(...)`, its config dict, or None for defaults.
-        num_train_examples: N, the training-set size; the KL weight defaults to 1/N.
+        num_train_examples: N, the training-set size (the KL weight defaults to 1/N), or the
+            training `tf.data.Dataset`, whose examples are counted (`tfp_bnn.elbo.num_examples`).
         kl_weight: explicit KL weight (overrides 1/N). One of the two is required.
         layers: which layers to convert: None (every Dense/Conv), "last", a list of layer names,
             or a predicate ``callable(layer) -> bool`` over the source model's layers.

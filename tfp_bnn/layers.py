@@ -467,3 +467,12 @@ def bayesian_layers(model):
         if isinstance(layer, BayesianLayer):
             found.append(layer)
     return found
+
+
+# Bayesian recurrent layers live in their own module (tfp_bnn/rnn.py); re-exported here.
+from tfp_bnn.rnn import (  # noqa: E402
+    GRUFlipout, GRUReparameterization, LSTMFlipout, LSTMReparameterization, SimpleRNNFlipout,
+    SimpleRNNReparameterization)
+
+__all__ += ["LSTMFlipout", "LSTMReparameterization", "GRUFlipout", "GRUReparameterization",
+            "SimpleRNNFlipout", "SimpleRNNReparameterization"]
