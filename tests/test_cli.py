@@ -1,6 +1,10 @@
-"""`tfp-bnn export` and `tfp-bnn serve-check` as subprocesses; bad input gives exit 2 and one line."""
+"""Every `tfp-bnn` subcommand as a subprocess on shipped or generated data; bad input gives exit 2
+and one line on stderr."""
+import csv
+import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -8,8 +12,10 @@ import numpy as np
 import pytest
 
 import tfp_bnn
-from tfp_bnn import cli
+from tfp_bnn import cli, data, train
 from tfp_bnn._keras import tf_keras
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _cli(*args):
@@ -98,7 +104,7 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
 
 
 def test_every_subcommand_has_help(capsys):
-    for command in ("iris", "export", "serve-check"):
+    for command in ("train", "predict", "iris", "export", "serve-check", "benchmark"):
         with pytest.raises(SystemExit) as stop:
             cli.main([command, "--help"])
         assert stop.value.code == 0
@@ -113,3 +119,275 @@ def test_default_body_matches_the_signature(exported):
     body = cli._default_body(session, "serving_default")
     assert np.asarray(body["instances"]).shape == (1, 4)
     assert len(serving.rest_predict(session, body)["predictions"]) == 1
+
+
+# --- train / predict / benchmark -------------------------------------------------------------
+
+# TensorFlow's C++ start-up log (absl lines printed at import, before any of our code runs and
+# not silenced by TF_CPP_MIN_LOG_LEVEL) is not the CLI's output; everything else on stderr is.
+_TF_LOG = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl|To enable the following"
+                     r"|\t|\s*$)")
+
+
+def _own_stderr(text):
+    return [line for line in text.splitlines() if not _TF_LOG.match(line)]
+
+
+def _main_exit(argv, capsys):
+    """Run cli.main in-process: (exit code, stderr lines); argparse errors exit via SystemExit."""
+    try:
+        code = cli.main(argv)
+    except SystemExit as stop:
+        code = stop.code
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def _read_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def iris_model(tmp_path_factory):
+    """One small classifier trained by `tfp-bnn train` on the shipped Iris CSV, reused below."""
+    out = tmp_path_factory.mktemp("train") / "iris"
+    proc = _cli("train", data.iris_csv_path(), "--target", "species", "--epochs", "3",
+                "--hidden", "16", "--num-samples", "10", "--seed", "1", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+@pytest.fixture(scope="module")
+def regression_csv(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, size=(120, 2))
+    y = 10.0 + 3.0 * x[:, 0] - x[:, 1] + 0.1 * rng.normal(size=120)
+    path = tmp_path_factory.mktemp("reg") / "reg.csv"
+    path.write_text("a,b,y\n" + "".join(f"{p:.17g},{q:.17g},{t:.17g}\n"
+                                         for (p, q), t in zip(x, y)))
+    return path, x, y
+
+
+def test_train_writes_model_preprocessing_metrics_history(iris_model):
+    out, proc = iris_model
+    for name in train.OUTPUT_FILES:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert "3/3" in proc.stdout and "/epoch" in proc.stdout  # the Keras bar over the epochs
+    meta = json.loads((out / train.PREPROCESSING_FILE).read_text())
+    table = data.load_iris()
+    assert meta["task"] == "classification" and meta["target"] == "species"
+    assert meta["feature_names"] == list(table.feature_names)
+    assert meta["class_names"] == ["setosa", "versicolor", "virginica"]
+    # The scaler holds the training split's statistics (split seed = --seed), not all rows'.
+    split = data.train_val_test_split(table.features, table.labels, seed=1)
+    np.testing.assert_allclose(meta["feature_scaler"]["min"], split.x_train.min(axis=0))
+    np.testing.assert_allclose(meta["feature_scaler"]["max"], split.x_train.max(axis=0))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs_trained"] == 3 and metrics["num_test"] == 30
+    assert abs(metrics["test_accuracy"] * 30 - round(metrics["test_accuracy"] * 30)) < 1e-6
+    assert metrics["mean_predictive_entropy"] == pytest.approx(
+        metrics["mean_aleatoric"] + metrics["mean_epistemic"], abs=1e-5)
+    assert metrics["config"]["hidden"] == [16] and metrics["config"]["seed"] == 1
+    rows = _read_rows(out / "history.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    for r in rows:
+        assert float(r["loss"]) == pytest.approx(float(r["nll"]) + float(r["kl"]), rel=1e-4)
+        assert float(r["val_nll"]) > 0
+
+
+def test_train_refuses_to_overwrite(iris_model, capsys):
+    out, _ = iris_model
+    before = (out / "model.keras").read_bytes()
+    code, err = _main_exit(["train", data.iris_csv_path(), "--target", "species",
+                            "--out", str(out)], capsys)
+    assert code == 2 and len(err) == 1 and "--overwrite" in err[0] and "model.keras" in err[0]
+    assert (out / "model.keras").read_bytes() == before
+
+
+def test_predict_writes_probabilities_and_uncertainty(iris_model, tmp_path):
+    out, _ = iris_model
+    table = data.load_iris()
+    rows = table.features[::10]  # 15 flowers, columns shuffled, an extra column, no label
+    source = tmp_path / "new.csv"
+    source.write_text("petal_width,note,sepal_length,petal_length,sepal_width\n" + "".join(
+        f"{r[3]},n{i},{r[0]},{r[2]},{r[1]}\n" for i, r in enumerate(rows)))
+    result = tmp_path / "pred.csv"
+    proc = _cli("predict", str(out), str(source), "--out", str(result), "--num-samples", "8")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "1/1" in proc.stdout and "batch" in proc.stdout  # the Keras bar over the batches
+    got = _read_rows(result)
+    assert len(got) == 15
+    assert list(got[0]) == ["index", "predicted", "prob_setosa", "prob_versicolor",
+                            "prob_virginica", "predictive_entropy", "aleatoric", "epistemic"]
+    probs = np.array([[float(r[f"prob_{c}"]) for c in table.class_names] for r in got])
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert [r["predicted"] for r in got] == [table.class_names[k] for k in probs.argmax(axis=1)]
+    for r in got:
+        assert float(r["predictive_entropy"]) == pytest.approx(
+            float(r["aleatoric"]) + float(r["epistemic"]), abs=1e-5)
+        assert float(r["epistemic"]) >= 0
+
+    # The same rows through the .keras file in-process: same scaling, same seed, same numbers.
+    again = tmp_path / "again.csv"
+    assert cli.main(["predict", str(out / "model.keras"), str(source), "--out", str(again),
+                     "--num-samples", "8", "--quiet"]) == 0
+    assert again.read_text() == result.read_text()
+
+
+def test_predict_adds_the_label_column_and_refuses_to_overwrite(iris_model, tmp_path, capsys):
+    out, _ = iris_model
+    result = tmp_path / "pred.csv"
+    assert cli.main(["predict", str(out), data.iris_csv_path(), "--out", str(result),
+                     "--num-samples", "4", "--quiet"]) == 0
+    assert capsys.readouterr().out == ""
+    got = _read_rows(result)
+    assert len(got) == 150 and got[0]["label"] == "setosa" and got[-1]["label"] == "virginica"
+    before = result.read_bytes()
+    code, err = _main_exit(["predict", str(out), data.iris_csv_path(), "--out", str(result)],
+                           capsys)
+    assert code == 2 and len(err) == 1 and "--overwrite" in err[0]
+    assert result.read_bytes() == before
+
+
+def test_predict_with_a_bare_keras_file_takes_every_column(saved_model_file, tmp_path, capsys):
+    # No preprocessing.json beside the file: no scaling, every column a feature, classes 0..C-1.
+    source = tmp_path / "x.csv"
+    source.write_text("f1,f2,f3,f4\n0.1,0.2,0.3,0.4\n0.5,0.6,0.7,0.8\n")
+    result = tmp_path / "pred.csv"
+    assert cli.main(["predict", str(saved_model_file), str(source), "--out", str(result),
+                     "--num-samples", "4", "--quiet"]) == 0
+    got = _read_rows(result)
+    assert len(got) == 2 and list(got[0])[:5] == ["index", "predicted", "prob_0", "prob_1",
+                                                  "prob_2"]
+    source.write_text("f1,f2,f3\n0.1,0.2,0.3\n")
+    code, err = _main_exit(["predict", str(saved_model_file), str(source), "--out",
+                            str(tmp_path / "p2.csv")], capsys)
+    assert code == 2 and len(err) == 1 and "takes 4 features" in err[0]
+
+
+def test_train_and_predict_regression(regression_csv, tmp_path):
+    path, x, y = regression_csv
+    out = tmp_path / "reg"
+    proc = _cli("train", str(path), "--target", "y", "--epochs", "3", "--hidden", "8",
+                "--num-samples", "10", "--out", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout == ""  # --quiet: no bars, no summary
+    meta = json.loads((out / train.PREPROCESSING_FILE).read_text())
+    assert meta["task"] == "regression" and meta["class_names"] == []
+    split = data.train_val_test_split(x.astype(np.float32), y.astype(np.float32), seed=0,
+                                      stratify=False)
+    assert meta["target_scaling"]["mean"] == pytest.approx(split.y_train.mean(), rel=1e-5)
+    assert meta["target_scaling"]["std"] == pytest.approx(split.y_train.std(), rel=1e-5)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test_rmse"] > 0 and metrics["mean_aleatoric_variance"] > 0
+
+    result = tmp_path / "pred.csv"
+    assert cli.main(["predict", str(out), str(path), "--out", str(result), "--num-samples", "10",
+                     "--quiet"]) == 0
+    got = _read_rows(result)
+    assert list(got[0]) == ["index", "label", "mean", "std", "variance", "aleatoric_variance",
+                            "epistemic_variance"]
+    assert len(got) == 120
+    np.testing.assert_allclose([float(r["label"]) for r in got], y)
+    for r in got:
+        var = float(r["variance"])
+        assert var == pytest.approx(float(r["aleatoric_variance"]) + float(r["epistemic_variance"]))
+        assert float(r["std"]) == pytest.approx(np.sqrt(var))
+        assert float(r["epistemic_variance"]) >= 0
+    # Means come back in the target's units (y is about 10 +- 3), not the standardised ones.
+    means = np.array([float(r["mean"]) for r in got])
+    assert abs(means.mean() - y.mean()) < 2.0
+
+
+def test_train_reads_a_hub_style_dataset_folder(regression_csv, tmp_path, monkeypatch, capsys):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    (folder / "train.csv").write_text(regression_csv[0].read_text())
+    out = tmp_path / "out"
+    assert cli.main(["train", "--hub-id", str(folder), "--target", "y", "--task", "regression",
+                     "--epochs", "1", "--hidden", "4", "--num-samples", "2", "--out", str(out),
+                     "--quiet"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["source"] == str(folder)
+
+
+@pytest.fixture(scope="module")
+def bad_csvs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad")
+    (root / "text.csv").write_text("a,b,y\n1,x,0.5\n2,z,0.7\n")
+    (root / "strings.csv").write_text("a,b,y\n1,2,cat\n2,3,dog\n")
+    return root
+
+
+@pytest.mark.parametrize("argv, fragments", [
+    (["train", "{root}/missing.csv", "--target", "y"], ["No CSV file", "missing.csv"]),
+    (["train", "{root}/text.csv", "--target", "nope"],
+     ["Unknown target='nope'", "['a', 'b', 'y']"]),
+    (["train", "{root}/text.csv", "--target", "y"], ["Feature column 'b'", "not numeric"]),
+    (["train", "{root}/strings.csv", "--target", "y", "--task", "regression"],
+     ["numeric target", "'y'"]),
+    (["train", "{root}/strings.csv", "--target", "y", "--hidden", "64,x"], ["--hidden", "'64,x'"]),
+    (["train", "{root}/strings.csv", "--target", "y", "--epochs", "0"], ["--epochs", "'0'"]),
+    (["train", "{root}/strings.csv", "--target", "y", "--learning-rate", "-1"],
+     ["--learning-rate", "'-1'"]),
+    (["train", "{root}/strings.csv", "--target", "y", "--prior", "wat"], ["Unknown prior"]),
+    (["train", "{root}/strings.csv"], ["required", "--target"]),
+    (["train", "--target", "y"], ["--hub-id"]),
+    (["predict", "{root}/missing_model", "{root}/text.csv", "--out", "{root}/p.csv"],
+     ["model not found", "missing_model"]),
+    (["predict", "{model}", "{root}/text.csv", "--out", "{root}/p.csv"],
+     ["lacks the feature column", "sepal_length", "['a', 'b', 'y']"]),
+    (["predict", "{model}", "{root}/missing.csv", "--out", "{root}/p.csv"], ["No CSV file"]),
+    (["predict", "{model}", "{root}/text.csv", "--out", "{root}/p.csv", "--num-samples", "many"],
+     ["--num-samples", "'many'"]),
+    (["benchmark", "--models", "mlp,rnn"], ["models", "'rnn'"]),
+    (["benchmark", "--batch-sizes", "0"], ["--batch-sizes"]),
+])
+def test_bad_input_exits_2_with_one_line(argv, fragments, bad_csvs, iris_model, capsys):
+    argv = [a.format(root=bad_csvs, model=iris_model[0]) for a in argv]
+    code, err = _main_exit(argv, capsys)
+    assert code == 2
+    assert len(err) == 1, err
+    assert err[0].startswith(f"tfp-bnn {argv[0]}: error: ")
+    for fragment in fragments:
+        assert fragment in err[0]
+    assert not (bad_csvs / "p.csv").exists()
+
+
+def test_bad_input_in_a_subprocess_has_no_traceback(tmp_path):
+    proc = _cli("train", str(tmp_path / "missing.csv"), "--target", "y", "--out",
+                str(tmp_path / "out"))
+    assert proc.returncode == 2
+    assert _own_stderr(proc.stderr) == [
+        f"tfp-bnn train: error: No CSV file at path={str(tmp_path / 'missing.csv')!r}"]
+    assert proc.stdout == "" and not (tmp_path / "out").exists()
+
+
+def test_benchmark_prints_tables_and_writes_json(tmp_path, capsys):
+    result = tmp_path / "bench.json"
+    proc = _cli("benchmark", "--models", "mlp", "--calls", "3", "--batch-sizes", "1",
+                "--samples", "10", "--out", str(result))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| model | batch | S | variant |" in proc.stdout and "1/1" in proc.stdout
+    rows = json.loads(result.read_text())["rows"]
+    assert {r["variant"] for r in rows} == {"deterministic", "mc", "naive_loop"}
+    assert all(r["n"] == 3 and 0 < r["p50"] <= r["p95"] for r in rows)
+    before = result.read_bytes()
+    code, err = _main_exit(["benchmark", "--models", "mlp", "--out", str(result)], capsys)
+    assert code == 2 and len(err) == 1 and "--overwrite" in err[0]
+    assert result.read_bytes() == before
+
+
+def test_benchmark_script_keeps_its_options(capsys):
+    spec = importlib.util.spec_from_file_location(
+        "benchmark_serving", os.path.join(REPO, "scripts", "benchmark_serving.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with pytest.raises(SystemExit) as stop:
+        script.main(["--help"])
+    assert stop.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--calls", "--budget", "--models", "--out"):
+        assert option in text

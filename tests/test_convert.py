@@ -337,7 +337,7 @@ def test_not_a_keras_model(model):
 
 def test_model_with_nothing_to_convert():
     model = tf_keras.Sequential([tf_keras.Input((4, 4)), L.Flatten(), L.Dropout(0.1)], name="plain")
-    with pytest.raises(ValueError, match=r"model 'plain' has no Dense or Conv layer"):
+    with pytest.raises(ValueError, match=r"model 'plain' has no Dense, Conv or RNN"):
         tfp_bnn.bayesify(model, kl_weight=1.0)
 
 
@@ -345,7 +345,7 @@ def test_model_with_nothing_to_convert():
 def test_layers_matching_nothing_warns_and_copies(layers):
     source = tf_keras.Sequential([tf_keras.Input((4,)), L.Dense(3, name="d1"),
                                   L.Dropout(0.2, name="d2_dropout")])
-    with pytest.warns(UserWarning, match=r"bayesify: layers=.* matched no Dense/Conv layer"):
+    with pytest.warns(UserWarning, match=r"bayesify: layers=.* matched no Dense/Conv/RNN layer"):
         bnn = tfp_bnn.bayesify(source, kl_weight=1.0, layers=layers)
     assert bl.bayesian_layers(bnn) == []
     np.testing.assert_array_equal(bnn.get_layer("d1").get_weights()[0],

@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from tfp_bnn import metrics
 from tfp_bnn._keras import tf_keras
 from tfp_bnn.elbo import set_kl_weight
 
@@ -88,11 +89,19 @@ class KLTemperature(tf_keras.callbacks.Callback):
 
 
 class MCValidation(tf_keras.callbacks.Callback):
-    """Monte Carlo validation of a classifier at the end of every epoch, written into ``logs``.
+    """Monte Carlo validation at the end of every epoch, written into ``logs``.
 
-        p_i = (1/S) sum_s softmax(z_s(x_i))
+    A classifier (``p_i = (1/S) sum_s softmax(z_s(x_i))``):
+
         {prefix}nll = -mean_i log p_i[y_i]     {prefix}accuracy = mean_i [argmax p_i == y_i]
         {prefix}predictive_entropy = mean_i H[p_i]   {prefix}mutual_information = mean_i MI_i
+
+    A regression model (mean ``m_i``, total variance ``v_i = aleatoric + epistemic`` per output;
+    the NLL is that of the moment-matched Gaussian, summed over outputs):
+
+        {prefix}nll = mean_i sum_d [0.5 log(2 pi v_id) + (y_id - m_id)^2 / (2 v_id)]
+        {prefix}rmse = sqrt(mean_id (y_id - m_id)^2)
+        {prefix}aleatoric_variance, {prefix}epistemic_variance = their means
 
     The NLL of the MC-averaged predictive is what a BNN should be early-stopped on (Keras's own
     validation scores one weight sample), and it costs one compiled call instead of a Keras
@@ -100,7 +109,8 @@ class MCValidation(tf_keras.callbacks.Callback):
 
     Args:
         x: held-out inputs.
-        y: held-out integer labels, or None to log only the uncertainty terms.
+        y: held-out integer labels (or regression targets [N] / [N, D]), or None to log
+            only the uncertainty terms.
         num_samples: S per evaluation.
         seed: an int gives every epoch the same noise, so epochs differ only by the weights.
         prefix: prefix of the log keys.
@@ -111,21 +121,33 @@ class MCValidation(tf_keras.callbacks.Callback):
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be an integer >= 1. Received: num_samples={num_samples!r}")
         self.x, self.num_samples, self.seed, self.prefix = x, num_samples, seed, prefix
-        self.y = None if y is None else np.asarray(y).astype(np.int64).reshape(-1)
+        self.y = None if y is None else np.asarray(y)
 
     def on_epoch_end(self, epoch, logs=None):
         from tfp_bnn.predict import predict
         pred = predict(self.model, self.x, num_samples=self.num_samples, seed=self.seed, verbose=0)
-        if pred.probabilities is None:
-            raise ValueError("MCValidation needs a classifier; the model has a regression output.")
+        values = (self._classification(pred) if pred.task == "classification"
+                  else self._regression(pred))
+        if logs is not None:
+            logs.update({self.prefix + k: v for k, v in values.items()})
+
+    def _regression(self, pred):
+        values = {"aleatoric_variance": float(pred.aleatoric_variance.mean()),
+                  "epistemic_variance": float(pred.epistemic_variance.mean())}
+        if self.y is not None:
+            values["nll"] = metrics.gaussian_nll(pred.mean, pred.variance, self.y)
+            values["rmse"] = metrics.rmse(pred.mean, self.y)
+        return values
+
+    def _classification(self, pred):
         values = {"predictive_entropy": float(pred.predictive_entropy.mean()),
                   "mutual_information": float(pred.mutual_information.mean())}
         if self.y is not None:
-            p = pred.probabilities[np.arange(len(self.y)), self.y]
+            y = self.y.astype(np.int64).reshape(-1)
+            p = pred.probabilities[np.arange(len(y)), y]
             values["nll"] = float(-np.mean(np.log(np.maximum(p, 1e-12))))
-            values["accuracy"] = float(np.mean(pred.probabilities.argmax(-1) == self.y))
-        if logs is not None:
-            logs.update({self.prefix + k: v for k, v in values.items()})
+            values["accuracy"] = float(np.mean(pred.probabilities.argmax(-1) == y))
+        return values
 
 
 # SWAG is a training callback too; its code lives with the other baselines.

@@ -1,10 +1,15 @@
-"""The ``tfp-bnn`` command: the Iris main job, export, and a TF-Serving-style check.
+"""The ``tfp-bnn`` command: train and predict on any table, the Iris main job, export, serving.
 
+    tfp-bnn train DATA.csv --target COLUMN [--task auto] [--hidden 64,64] [--out runs/train]
+    tfp-bnn predict MODEL DATA.csv --out predictions.csv [--num-samples 100] [--seed 0]
     tfp-bnn iris [--seeds 5] [--epochs 150] [--out runs/iris] [--overwrite] [--quiet]
     tfp-bnn export MODEL.keras EXPORT_DIR [--num-samples 10] [--version N] [--overwrite]
     tfp-bnn serve-check EXPORT_DIR/VERSION [--signature serving_default] [--body request.json]
+    tfp-bnn benchmark [--models mlp,cnn] [--calls 100] [--out results.json]
 
-Bad input ends with exit code 2 and one line on stderr naming what was wrong.
+Each subcommand has --help. Long steps show a Keras progress bar (``--quiet`` hides it); results
+are never overwritten without ``--overwrite``. Bad input ends with exit code 2 and one line on
+stderr naming what was wrong (TensorFlow's own start-up log lines may precede it).
 """
 import argparse
 import json
@@ -16,6 +21,13 @@ __all__ = ["main", "build_parser"]
 
 class _InputError(Exception):
     """A user error the CLI reports as one line (exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage block), like every other CLI error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _int_at_least(minimum, what):
@@ -35,6 +47,36 @@ _positive_int = _int_at_least(1, "positive")
 _non_negative_int = _int_at_least(0, "non-negative")
 
 
+def _float_at_least(minimum, what, strict):
+    """An argparse type: a finite float > minimum (strict) or >= minimum."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        ok = value > minimum if strict else value >= minimum
+        if not (ok and value != float("inf")):
+            raise argparse.ArgumentTypeError(f"expected a {what} number, received {text!r}")
+        return value
+    return parse
+
+
+_positive_float = _float_at_least(0.0, "positive", strict=True)
+_non_negative_float = _float_at_least(0.0, "non-negative", strict=False)
+
+
+def _int_list(text):
+    """An argparse type: comma-separated positive integers, e.g. ``64,64``."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated positive integers such as 64,64, received {text!r}")
+    return values
+
+
 def _log(args):
     return (lambda *a, **k: None) if args.quiet else print
 
@@ -48,7 +90,57 @@ def _cmd_iris(args):
                              hub_id=args.hub_id)
     export_dir = None if args.no_export else args.export_dir
     iris.run(out=args.out, config=config, export_dir=export_dir, overwrite=args.overwrite,
-             log=_log(args))
+             log=_log(args), verbose=0 if args.quiet else 1)
+
+
+def _cmd_train(args):
+    from tfp_bnn import train
+
+    if (args.data is None) == (args.hub_id is None):
+        raise _InputError("give a CSV file or --hub-id (exactly one). Received: "
+                          f"DATA={args.data!r}, --hub-id={args.hub_id!r}")
+    config = train.TrainConfig(task=args.task, hidden=args.hidden, estimator=args.estimator,
+                               prior=args.prior, kl_multiplier=args.kl_multiplier,
+                               epochs=args.epochs, patience=args.patience,
+                               batch_size=args.batch_size, learning_rate=args.learning_rate,
+                               num_samples=args.num_samples, seed=args.seed)
+    train.run(args.out, args.target, csv=args.data, hub_id=args.hub_id, split=args.split,
+              config=config, overwrite=args.overwrite, log=_log(args),
+              verbose=0 if args.quiet else 1)
+
+
+def _cmd_predict(args):
+    from tfp_bnn import train
+
+    if not os.path.exists(args.model):
+        raise FileNotFoundError(f"model not found: MODEL={args.model!r}")
+    pred = train.predict_csv(args.model, args.data, args.out, num_samples=args.num_samples,
+                             seed=args.seed, overwrite=args.overwrite,
+                             verbose=0 if args.quiet else 1, batch_size=args.batch_size)
+    rows = len(pred.mean if pred.probabilities is None else pred.probabilities)
+    _log(args)(f"{rows} {pred.task} predictions ({args.num_samples} samples each) in {args.out}")
+
+
+def _cmd_benchmark(args):
+    from tfp_bnn import benchmark
+    from tfp_bnn._keras import tf_keras
+
+    if args.out is not None and os.path.exists(args.out) and not args.overwrite:
+        raise FileExistsError(f"--out={args.out!r} already exists; nothing was run. Pass "
+                              "--overwrite to replace it, or choose another --out.")
+    models = args.models.split(",")
+    if args.quiet:
+        log = _log(args)
+    else:
+        bar = tf_keras.utils.Progbar(len(models) * len(args.batch_sizes) * len(args.samples),
+                                     unit_name="setting")
+        log = lambda *a, **k: bar.add(1)  # noqa: E731  (one call per timed setting)
+    result = benchmark.run(models=models, calls=args.calls, budget=args.budget,
+                           batch_sizes=args.batch_sizes, samples=args.samples, log=log)
+    print(benchmark.report(result))
+    if args.out is not None:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
 
 
 def _load_keras_model(path):
@@ -115,10 +207,67 @@ def _cmd_serve_check(args):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tfp-bnn", description="Bayesian neural networks for Keras on TensorFlow Probability.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    estimators = ["flipout", "reparameterization", "local_reparameterization"]
+
+    p = sub.add_parser("train", help="train a Bayesian MLP on a CSV (or hub dataset) column",
+                       description="Split (train / validation / test), min-max scale, bayesify an "
+                       "MLP, train with early stopping on the MC validation NLL, evaluate on the "
+                       "test split; write model.keras, preprocessing.json, metrics.json and "
+                       "history.csv into --out. Regression uses a Gaussian head (aleatoric std).")
+    p.add_argument("data", metavar="DATA", nargs="?", default=None,
+                   help="a CSV file with a header row (or use --hub-id)")
+    p.add_argument("--hub-id", default=None,
+                   help="a Hugging Face dataset id instead of DATA (needs network)")
+    p.add_argument("--split", default="train", help="split of the --hub-id dataset (default train)")
+    p.add_argument("--target", required=True, help="the column to predict; all other columns "
+                   "are numeric features")
+    p.add_argument("--task", default="auto", choices=["auto", "classification", "regression"],
+                   help="auto: a float target is a regression, anything else classes")
+    p.add_argument("--estimator", default="flipout", choices=estimators)
+    p.add_argument("--prior", default="normal", help="prior name (default normal)")
+    p.add_argument("--hidden", type=_int_list, default=(64, 64),
+                   help="hidden layer widths (default 64,64)")
+    p.add_argument("--epochs", type=_positive_int, default=150, help="max epochs (default 150)")
+    p.add_argument("--patience", type=_non_negative_int, default=30,
+                   help="early-stopping patience in epochs (default 30)")
+    p.add_argument("--batch-size", type=_positive_int, default=16, help="default 16")
+    p.add_argument("--learning-rate", type=_positive_float, default=1e-3, help="Adam's, 1e-3")
+    p.add_argument("--kl-multiplier", type=_non_negative_float, default=1.0,
+                   help="KL weight multiplier (default 1: the ELBO)")
+    p.add_argument("--num-samples", type=_positive_int, default=100,
+                   help="MC samples for the test evaluation (default 100)")
+    p.add_argument("--seed", type=_non_negative_int, default=0,
+                   help="seed of the split, the initialisation and the MC samples (default 0)")
+    p.add_argument("--out", default=os.path.join("runs", "train"),
+                   help="output folder (default runs/train)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace result files already in --out")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("predict", help="predict a CSV with uncertainty from a trained model",
+                       description="Apply the saved scaling to DATA's feature columns, draw "
+                       "--num-samples posterior samples and write one row per example: "
+                       "predicted class, probabilities, predictive entropy = aleatoric + "
+                       "epistemic (classification), or mean, std, variance = aleatoric + "
+                       "epistemic in the target's units (regression).")
+    p.add_argument("model", metavar="MODEL",
+                   help="a `tfp-bnn train` output folder, or a .keras file (its folder's "
+                   "preprocessing.json is used when present)")
+    p.add_argument("data", metavar="DATA", help="a CSV holding the feature columns")
+    p.add_argument("--out", required=True, help="the CSV file to write")
+    p.add_argument("--num-samples", type=_positive_int, default=100,
+                   help="MC samples per row (default 100)")
+    p.add_argument("--seed", type=_non_negative_int, default=0, help="MC seed (default 0)")
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="rows per compiled call (default 256)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("iris", help="train, evaluate and export the Iris BNN (the main job)",
                        description="Bayesify a 4-64-64-3 MLP, train it on the shipped Iris CSV, "
@@ -127,10 +276,10 @@ def build_parser():
     p.add_argument("--seeds", type=_positive_int, default=5, help="training seeds (default 5)")
     p.add_argument("--epochs", type=_positive_int, default=150, help="max epochs (default 150)")
     p.add_argument("--data-seed", type=_non_negative_int, default=0, help="shuffle/split seed")
-    p.add_argument("--estimator", default="flipout",
-                   choices=["flipout", "reparameterization", "local_reparameterization"])
+    p.add_argument("--estimator", default="flipout", choices=estimators)
     p.add_argument("--prior", default="normal", help="prior name (default normal)")
-    p.add_argument("--kl-multiplier", type=float, default=1.0, help="KL weight multiplier")
+    p.add_argument("--kl-multiplier", type=_non_negative_float, default=1.0,
+                   help="KL weight multiplier")
     p.add_argument("--num-samples", type=_positive_int, default=100, help="MC samples at test")
     p.add_argument("--hub-id", default=None, help="a Hugging Face hub dataset instead of the "
                    "shipped CSV (needs network)")
@@ -164,6 +313,24 @@ def build_parser():
                    '"instances": [...]}; default: one random instance')
     p.add_argument("--quiet", action="store_true", help="print only the response JSON")
     p.set_defaults(func=_cmd_serve_check)
+
+    p = sub.add_parser("benchmark", help="time exported signatures as TF Serving runs them",
+                       description="Export Flipout MLP/CNN models, load them into v1 Sessions "
+                       "and time the deterministic, MC (one graph) and naive-loop signatures; "
+                       "print p50/p95 tables and the latency targets. The defaults are small; "
+                       "scripts/benchmark_serving.py runs the full benchmark.")
+    p.add_argument("--models", default="mlp,cnn", help="comma-separated: mlp, cnn (default both)")
+    p.add_argument("--calls", type=_positive_int, default=100,
+                   help="timed rounds per setting (default 100)")
+    p.add_argument("--budget", type=_non_negative_float, default=30.0,
+                   help="seconds after which settings with S != 10 stop (0: none; default 30)")
+    p.add_argument("--batch-sizes", type=_int_list, default=(1, 256), help="default 1,256")
+    p.add_argument("--samples", type=_int_list, default=(10,),
+                   help="sample counts S (default 10; the full benchmark uses 10,100)")
+    p.add_argument("--out", default=None, help="also write the results as JSON here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, only the tables")
+    p.set_defaults(func=_cmd_benchmark)
     return parser
 
 
@@ -172,7 +339,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError, _InputError) as e:
+    except (ValueError, OSError, KeyError, _InputError) as e:
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"tfp-bnn {args.command}: error: {message}", file=sys.stderr)
         return 2

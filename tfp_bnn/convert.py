@@ -1,9 +1,10 @@
-"""bayesify(): rebuild a Keras model as a tf_keras model whose Dense/Conv layers are Bayesian.
+"""bayesify(): rebuild a Keras model as a tf_keras model whose Dense/Conv/RNN layers are Bayesian.
 
 The source model (tf_keras or Keras 3; Sequential, Functional, nested) is read as a graph of
-layer calls and replayed with new tf_keras layers: selected Dense/Conv layers become the
-registered TFP subclasses of `tfp_bnn.layers`, every other layer is recreated from its config
-with its weights copied. The source model is never modified.
+layer calls and replayed with new tf_keras layers: selected Dense, Conv1D/2D/3D, LSTM, GRU and
+SimpleRNN layers (Bidirectional-wrapped ones too) become the registered Bayesian subclasses of
+`tfp_bnn.layers`, every other layer is recreated from its config with its weights copied.
+The source model is never modified.
 
 Example:
     >>> bnn = tfp_bnn.bayesify(model, estimator="flipout", prior="normal",
@@ -78,7 +79,7 @@ def _why_not(layer, estimator):
         return _UNSUPPORTED[name]
     kind = _kind(layer)
     if kind is None:
-        return "it is not a built-in Dense/Conv1D/Conv2D/Conv3D layer"
+        return "it is not a built-in Dense/Conv1D/Conv2D/Conv3D/LSTM/GRU/SimpleRNN layer"
     if kind not in ESTIMATORS[estimator]:
         return (f"estimator={estimator!r}: TFP has no local-reparameterization {kind} layer "
                 "(local reparameterization "
@@ -417,7 +418,7 @@ def _selector(model, layers, estimator):
 
 def bayesify(model, estimator="flipout", prior="normal", posterior=None, num_train_examples=None,
              kl_weight=None, layers=None):
-    """Return a NEW tf_keras model with Bayesian versions of the model's Dense/Conv layers.
+    """Return a NEW tf_keras model with Bayesian versions of the model's Dense/Conv/RNN layers.
 
         loss = NLL_mean + kl_weight * sum_layers KL(q || p),   kl_weight = 1/N by default
              = -ELBO / N
@@ -430,7 +431,7 @@ def bayesify(model, estimator="flipout", prior="normal", posterior=None, num_tra
         num_train_examples: N, the training-set size (the KL weight defaults to 1/N), or the
             training `tf.data.Dataset`, whose examples are counted (`tfp_bnn.elbo.num_examples`).
         kl_weight: explicit KL weight (overrides 1/N). One of the two is required.
-        layers: which layers to convert: None (every Dense/Conv), "last", a list of layer names,
+        layers: which layers to convert: None (every Dense/Conv/RNN), "last", a list of layer names,
             or a predicate ``callable(layer) -> bool`` over the source model's layers.
 
     Returns:
@@ -451,7 +452,7 @@ def bayesify(model, estimator="flipout", prior="normal", posterior=None, num_tra
     select = _selector(model, layers, estimator)
 
     if not any(_is_convertible_class(l) for l in _all_layers(model)):
-        raise ValueError(f"model {model.name!r} has no Dense or Conv layer to make Bayesian.")
+        raise ValueError(f"model {model.name!r} has no Dense, Conv or RNN (LSTM/GRU/SimpleRNN) layer to make Bayesian.")
 
     rebuilder = _Rebuilder(estimator, prior, posterior, weight, select)
     old_limit = sys.getrecursionlimit()
@@ -462,6 +463,6 @@ def bayesify(model, estimator="flipout", prior="normal", posterior=None, num_tra
         sys.setrecursionlimit(old_limit)
     _copy_weights(rebuilder.pairs, posterior)
     if not rebuilder.converted:
-        warnings.warn(f"bayesify: layers={layers!r} matched no Dense/Conv layer; the returned "
+        warnings.warn(f"bayesify: layers={layers!r} matched no Dense/Conv/RNN layer; the returned "
                       "model is a deterministic copy.", UserWarning, stacklevel=2)
     return new_model

@@ -1,9 +1,10 @@
 """Tabular data for the examples and benchmarks: Iris, any CSV, the UCI regression splits.
 
-Three sources, one result type each:
+Sources and what they return:
 
-    load_iris / load_csv -> TabularData(features [N, F] float32, labels [N], names)
-    load_uci(path, split)  -> UCISplit(normalised train / test arrays + the statistics used)
+    load_iris / load_csv / load_hub -> TabularData(features [N, F] float32, labels [N], names)
+    load_features(path, names)      -> the named feature columns of a CSV (for prediction)
+    load_uci(path, split)           -> UCISplit(normalised train / test arrays + their statistics)
 
 CSV files go through the Hugging Face ``datasets`` csv builder, which needs no network; it
 builds in a temporary cache that is deleted afterwards, so nothing is written under the
@@ -27,8 +28,9 @@ import tempfile
 
 import numpy as np
 
-__all__ = ["TabularData", "iris_csv_path", "load_iris", "load_csv", "Split",
-           "train_val_test_split", "MinMaxScaler", "UCISplit", "uci_num_splits", "load_uci"]
+__all__ = ["TabularData", "iris_csv_path", "load_iris", "load_csv", "load_hub", "load_features",
+           "Split", "train_val_test_split", "MinMaxScaler", "UCISplit", "uci_num_splits",
+           "load_uci"]
 
 IRIS_FEATURES = ("sepal_length", "sepal_width", "petal_length", "petal_width")
 IRIS_CLASSES = ("setosa", "versicolor", "virginica")
@@ -129,14 +131,60 @@ def load_csv(path, target, task="auto"):
         raise ValueError(f"task must be one of {_TASKS}. Received: task={task!r}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No CSV file at path={str(path)!r}")
+    return _table(_read_csv(str(path), "train"), target, task, str(path))
+
+
+def load_hub(hub_id, target, task="auto", split="train"):
+    """Like `load_csv`, for a Hugging Face Hub dataset (needs network, cached as usual).
+
+    Args:
+      hub_id: dataset id (``"scikit-learn/iris"``) or a local dataset folder/script.
+      target: name of the target column; every other column is a numeric feature.
+      task: ``"auto"``, ``"classification"`` or ``"regression"``.
+      split: which split of the dataset to read.
+
+    Example:
+      >>> table = load_hub("scikit-learn/iris", target="Species")  # doctest: +SKIP
+    """
+    if task not in _TASKS:
+        raise ValueError(f"task must be one of {_TASKS}. Received: task={task!r}")
+    import datasets  # pylint: disable=import-outside-toplevel
+    with _quiet_datasets(datasets):
+        ds = datasets.load_dataset(hub_id, split=split)
+    return _table(ds, target, task, hub_id)
+
+
+def load_features(path, feature_names=None, target=None):
+    """Read the named numeric columns of a CSV (for prediction), and the target if present.
+
+    Columns may come in any order and extra columns are ignored.
+
+    Args:
+      path: path of the CSV file (header row required).
+      feature_names: the columns to stack, in this order, as float32 ``[N, F]``; None takes
+        every column but ``target``, in file order.
+      target: a column returned as-is when the file has it (e.g. labels to compare with).
+
+    Returns:
+      ``(features, target_values)``; ``target_values`` is None when the file has no ``target``.
+
+    Example:
+      >>> x, y = load_features(iris_csv_path(), IRIS_FEATURES, target="species")
+      >>> x.shape, y[0]
+      ((150, 4), 'setosa')
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No CSV file at path={str(path)!r}")
     ds = _read_csv(str(path), "train")
-    if target not in ds.column_names:
-        raise ValueError(f"Unknown target={target!r}; the columns of {str(path)!r} are "
+    if feature_names is None:
+        feature_names = [c for c in ds.column_names if c != target]
+    missing = [c for c in feature_names if c not in ds.column_names]
+    if missing:
+        raise ValueError(f"{str(path)!r} lacks the feature column(s) {missing}; its columns are "
                          f"{ds.column_names}")
-    names = [c for c in ds.column_names if c != target]
-    features = _feature_matrix(ds, names, path)
-    labels, class_names = _encode_target(ds, target, task, path)
-    return TabularData(features, labels, tuple(names), class_names)
+    features = _feature_matrix(ds, list(feature_names), path)
+    labels = _column(ds, target) if target is not None and target in ds.column_names else None
+    return features, labels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -434,6 +482,17 @@ def _feature_matrix(ds, names, source):
                              f"{int(np.isnan(values).sum())} missing (NaN) values.")
         columns.append(values)
     return np.stack(columns, axis=1).astype(np.float32)
+
+
+def _table(ds, target, task, source):
+    """TabularData from a dataset: ``target`` is the label, every other column a feature."""
+    if target not in ds.column_names:
+        raise ValueError(f"Unknown target={target!r}; the columns of {str(source)!r} are "
+                         f"{ds.column_names}")
+    names = [c for c in ds.column_names if c != target]
+    features = _feature_matrix(ds, names, source)
+    labels, class_names = _encode_target(ds, target, task, source)
+    return TabularData(features, labels, tuple(names), class_names)
 
 
 def _encode_target(ds, target, task, source, rename=None):

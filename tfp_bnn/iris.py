@@ -1,6 +1,8 @@
 """The Iris build: load, scale, split, bayesify a 4-64-64-3 MLP, train, evaluate, export.
 
-One entry point, `run`, used by ``tfp-bnn iris`` and ``python scripts/train_iris.py``:
+One entry point, `run`, used by ``tfp-bnn iris`` and ``python scripts/train_iris.py``; the model
+and the training loop are `tfp_bnn.train`'s (``tfp-bnn train`` on the Iris CSV with the default
+settings and ``--seed i`` trains seed ``i`` of this build):
 
     data  -> shuffle, min-max scale with training statistics, train / val (20 % of train) / test
     model -> Dense(64, relu) -> Dense(64, relu) -> Dense(3), bayesify(flipout, normal prior, N)
@@ -23,13 +25,11 @@ import time
 
 import numpy as np
 
-from tfp_bnn import callbacks as callbacks_lib
 from tfp_bnn import data as data_lib
 from tfp_bnn import metrics as metrics_lib
 from tfp_bnn import plots, reports
+from tfp_bnn import train as train_lib
 from tfp_bnn._keras import tf_keras
-from tfp_bnn.convert import bayesify
-from tfp_bnn.elbo import set_kl_weight
 from tfp_bnn.export import export_savedmodel
 from tfp_bnn.predict import predict
 
@@ -86,41 +86,22 @@ def prepare_data(config=IrisConfig(), seed=0, table=None):
 
 
 def build_model(num_features, num_classes, num_train_examples, config=IrisConfig()):
-    """The deterministic 4-64-64-3 net, converted by `bayesify` and compiled."""
-    source = tf_keras.Sequential([
-        tf_keras.Input((num_features,), name="features"),
-        tf_keras.layers.Dense(config.hidden, activation="relu"),
-        tf_keras.layers.Dense(config.hidden, activation="relu"),
-        tf_keras.layers.Dense(num_classes, name="logits"),
-    ], name="iris_mlp")
-    model = bayesify(source, estimator=config.estimator, prior=config.prior,
-                     num_train_examples=int(num_train_examples))
-    set_kl_weight(model, multiplier=float(config.kl_multiplier))
-    model.compile(optimizer=tf_keras.optimizers.Adam(config.learning_rate),
-                  loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=[tf_keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
-    return model
+    """The 4-64-64-3 net, converted by `bayesify` and compiled (`train.build_model`)."""
+    return train_lib.build_model(num_features, num_classes, num_train_examples, "classification",
+                                 hidden=(config.hidden, config.hidden), estimator=config.estimator,
+                                 prior=config.prior, kl_multiplier=config.kl_multiplier,
+                                 learning_rate=config.learning_rate, name="iris_mlp")
 
 
 def train(split, seed, config=IrisConfig(), verbose=0):
-    """Train one network with seed ``seed``; returns (model, history rows)."""
+    """Train one network with seed ``seed`` (`train.fit`); returns (model, history rows)."""
     tf_keras.utils.set_random_seed(int(seed))
     model = build_model(split.x_train.shape[1], int(np.max(split.y_train)) + 1, len(split.x_train),
                         config)
-    # MC validation (one compiled call per epoch) instead of Keras's validation_data.
-    validation = callbacks_lib.MCValidation(split.x_val, split.y_val,
-                                            num_samples=config.entropy_samples, seed=int(seed))
-    stop = tf_keras.callbacks.EarlyStopping(monitor="val_nll", mode="min", patience=config.patience,
-                                            restore_best_weights=True)
-    history = model.fit(split.x_train, split.y_train, epochs=config.epochs,
-                        batch_size=config.batch_size, shuffle=True,
-                        callbacks=[validation, stop], verbose=verbose)
-    keys = ["loss", "nll", "kl", "accuracy", "val_nll", "val_accuracy", "val_predictive_entropy",
-            "val_mutual_information"]
-    rows = [{"seed": int(seed), "epoch": i + 1,
-             **{k: float(history.history[k][i]) for k in keys if k in history.history}}
-            for i in range(len(history.history["loss"]))]
-    return model, rows
+    rows = train_lib.fit(model, split, epochs=config.epochs, batch_size=config.batch_size,
+                         patience=config.patience, val_samples=config.entropy_samples,
+                         seed=int(seed), verbose=verbose)
+    return model, [{"seed": int(seed), **r} for r in rows]
 
 
 def evaluate(model, x, y, class_names, num_samples=100, seed=0):
@@ -145,30 +126,12 @@ def evaluate(model, x, y, class_names, num_samples=100, seed=0):
     return result, pred
 
 
-def _check_out(out, overwrite):
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"out must be a directory; it is an existing file. Received: out={out!r}")
-    existing = [f for f in OUTPUT_FILES if os.path.exists(os.path.join(out, f))]
-    if existing and not overwrite:
-        raise FileExistsError(
-            f"Output folder {out!r} already holds {', '.join(existing)}; nothing was changed. "
-            "Pass --overwrite (overwrite=True) to replace these files, or choose another --out.")
-
-
-def _write_history(path, rows):
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w") as f:
-        f.write(",".join(keys) + "\n")
-        for r in rows:
-            f.write(",".join("" if r.get(k) is None else repr(r[k]) for k in keys) + "\n")
-
-
 def _mean(values):
     return float(np.mean(values))
 
 
 def run(out="runs/iris", config=IrisConfig(), export_dir="savedmodels/iris_bnn", overwrite=False,
-        log=print):
+        log=print, verbose=0):
     """The whole Iris build; writes `OUTPUT_FILES` into ``out`` and returns the metrics dict.
 
     Args:
@@ -178,10 +141,11 @@ def run(out="runs/iris", config=IrisConfig(), export_dir="savedmodels/iris_bnn",
             None skips the export.
         overwrite: replace result files already in ``out``.
         log: a print-like function for progress and the summary (``lambda *a: None`` = quiet).
+        verbose: 1 shows a Keras progress bar over each seed's epochs.
     """
     start = time.time()
     out = os.fspath(out)
-    _check_out(out, overwrite)
+    train_lib.check_out(out, OUTPUT_FILES, overwrite)
     table, split = prepare_data(config)
     names = table.class_names
     log(f"Iris: {len(split.x_train)} train / {len(split.x_val)} validation / "
@@ -190,7 +154,7 @@ def run(out="runs/iris", config=IrisConfig(), export_dir="savedmodels/iris_bnn",
     per_seed, history, first = [], [], None
     for seed in range(config.seeds):
         split = prepare_data(config, seed, table)[1]
-        model, rows = train(split, seed, config)
+        model, rows = train(split, seed, config, verbose)
         history += rows
         result, pred = evaluate(model, split.x_test, split.y_test, names, config.num_samples, seed)
         per_seed.append(result)
@@ -223,7 +187,7 @@ def run(out="runs/iris", config=IrisConfig(), export_dir="savedmodels/iris_bnn",
         "num_train": len(split.x_train), "num_val": len(split.x_val), "num_test": len(split.x_test),
     }
 
-    _write_history(os.path.join(out, "history.csv"), history)
+    train_lib.write_history(os.path.join(out, "history.csv"), history)
     reports.write_uncertainty_csv(
         os.path.join(out, "uncertainty.csv"), split.y_test, pred.probabilities,
         pred.predictive_entropy, pred.expected_entropy, pred.mutual_information,

@@ -10,6 +10,11 @@ distribution, e.g. the mean of the Monte Carlo samples) and integer ``labels`` [
     ECE      = sum_b (n_b / N) |acc_b - conf_b|  =  sum_b |sum_{i in B_b} ([pred_i == y_i] - conf_i)| / N
     AUROC    = P(s_out > s_in) + 1/2 P(s_out = s_in)
 
+For regression, with predictive mean ``m_id`` and variance ``v_id``:
+
+    Gaussian NLL = mean_i sum_d [0.5 log(2 pi v_id) + (y_id - m_id)^2 / (2 v_id)]
+    RMSE         = sqrt(mean_id (y_id - m_id)^2)
+
 `ExpectedCalibrationError` is the same ECE as a streaming Keras metric.
 
 Example:
@@ -32,7 +37,8 @@ import numpy as np
 
 from tfp_bnn._keras import tf, tf_keras
 
-__all__ = ["accuracy", "nll", "brier_score", "CalibrationBins", "calibration_bins",
+__all__ = ["accuracy", "nll", "brier_score", "gaussian_nll", "rmse", "CalibrationBins",
+           "calibration_bins",
            "expected_calibration_error", "ood_auroc", "accuracy_vs_retained",
            "reliability_curve_bootstrap", "ExpectedCalibrationError"]
 
@@ -133,6 +139,35 @@ def brier_score(probabilities, labels):
     p, y = _prepare(probabilities, labels)
     onehot = np.eye(p.shape[1])[y]
     return float(np.mean(np.sum((p - onehot) ** 2, axis=1)))
+
+
+# ----------------------------------------------------------------------------- regression
+def _regression_arrays(mean, targets, name="mean"):
+    m = np.asarray(mean, dtype=np.float64)
+    m = m[:, None] if m.ndim == 1 else m
+    t = np.asarray(targets, dtype=np.float64)
+    if m.ndim != 2 or t.size != m.size:
+        raise ValueError(f"{name} must be [B] or [B, D] with one target per value. "
+                         f"Received: {name}.shape={m.shape}, targets.shape={t.shape}")
+    return m, t.reshape(m.shape)
+
+
+def gaussian_nll(mean, variance, targets):
+    """Mean over examples of ``-log N(y | mean, variance)``, summed over the D outputs.
+
+    For a BNN pass the MC mean and total (aleatoric + epistemic) variance: the NLL of the
+    moment-matched Gaussian predictive. Variances are floored at 1e-12.
+    """
+    m, y = _regression_arrays(mean, targets)
+    v, _ = _regression_arrays(variance, targets, "variance")
+    v = np.maximum(v, 1e-12)
+    return float(np.mean(np.sum(0.5 * np.log(2 * np.pi * v) + (y - m) ** 2 / (2 * v), axis=-1)))
+
+
+def rmse(mean, targets):
+    """Root mean squared error over all examples and outputs."""
+    m, y = _regression_arrays(mean, targets)
+    return float(np.sqrt(np.mean((y - m) ** 2)))
 
 
 # ----------------------------------------------------------------------------- calibration

@@ -1,13 +1,18 @@
 """Per-example uncertainty reports written as CSV (one row per example).
 
-Columns, in order:
+Columns, in order, of a classification report (`write_uncertainty_csv`):
 
     index, [label,] predicted, prob_<class_0>, ..., prob_<class_C-1>,
     predictive_entropy, aleatoric, epistemic
 
 ``predicted = argmax_c p_c`` (first class on ties); ``predictive_entropy = aleatoric + epistemic``
-when the three come from `tfp_bnn.predict`'s decomposition. Floats are written with ``repr`` so
-they read back bit-exactly as float64.
+when the three come from `tfp_bnn.predict`'s decomposition. A regression report
+(`write_regression_csv`, one group per output, suffixed ``_<d>`` when there are several):
+
+    index, [label,] mean, std, variance, aleatoric_variance, epistemic_variance
+
+with ``variance = aleatoric_variance + epistemic_variance`` and ``std = sqrt(variance)``. Floats
+are written with ``repr`` so they read back bit-exactly as float64.
 
 Example:
     >>> write_uncertainty_csv("test_uncertainty.csv", y_test, pred.mean_probs,
@@ -24,7 +29,7 @@ import numpy as np
 
 from tfp_bnn.metrics import _check_labels, _check_probabilities
 
-__all__ = ["write_uncertainty_csv"]
+__all__ = ["write_uncertainty_csv", "write_regression_csv"]
 
 
 def _column(values, name, n):
@@ -76,12 +81,7 @@ def write_uncertainty_csv(path, labels, probabilities, predictive_entropy, aleat
     header = ["index"] + (["label"] if y is not None else []) + ["predicted"]
     header += [f"prob_{c}" for c in names] + ["predictive_entropy", "aleatoric", "epistemic"]
     predicted = p.argmax(axis=1)
-    try:
-        f = open(path, "w" if overwrite else "x", newline="", encoding="utf-8")
-    except FileExistsError:
-        raise ValueError(f"path already exists; pass overwrite=True to replace it. "
-                         f"Received: path={str(path)!r}") from None
-    with f:
+    with _open(path, overwrite) as f:
         writer = csv.writer(f)
         writer.writerow(header)
         for i in range(n):
@@ -89,3 +89,59 @@ def write_uncertainty_csv(path, labels, probabilities, predictive_entropy, aleat
             row += [repr(float(v)) for v in p[i]] + [repr(float(c[i])) for c in columns]
             writer.writerow(row)
     return path
+
+
+def write_regression_csv(path, labels, mean, aleatoric_variance, epistemic_variance,
+                         overwrite=False):
+    """Write one CSV row per example with its predictive mean and variance decomposition.
+
+        row_i = (i, y_i, m_i, sqrt(a_i + e_i), a_i + e_i, a_i, e_i)     (per output d)
+
+    Args:
+        path: file to write (str or path-like).
+        labels: [B] or [B, D] targets, or None for unlabelled data (no label column).
+        mean, aleatoric_variance, epistemic_variance: [B] or [B, D], e.g. `tfp_bnn.predict`'s
+            ``mean``, ``aleatoric_variance`` and ``epistemic_variance``.
+        overwrite: replace an existing file; by default an existing ``path`` is an error.
+
+    Returns:
+        ``path``, as given.
+    """
+    m, a, e = (_matrix(v, name) for v, name in ((mean, "mean"), (aleatoric_variance,
+                                                "aleatoric_variance"),
+                                               (epistemic_variance, "epistemic_variance")))
+    if not m.shape == a.shape == e.shape:
+        raise ValueError(f"mean, aleatoric_variance and epistemic_variance must have one shape. "
+                         f"Received: {m.shape}, {a.shape}, {e.shape}")
+    n, d = m.shape
+    y = None if labels is None else _matrix(labels, "labels")
+    if y is not None and y.shape != m.shape:
+        raise ValueError(f"labels must match mean's shape {m.shape}. Received: {y.shape}")
+    names = ("label", "mean", "std", "variance", "aleatoric_variance", "epistemic_variance")
+    suffixes = [""] if d == 1 else [f"_{k}" for k in range(d)]
+    header = ["index"] + [f"{name}{sfx}" for name in names if y is not None or name != "label"
+                          for sfx in suffixes]
+    var = a + e
+    columns = ([y] if y is not None else []) + [m, np.sqrt(var), var, a, e]
+    with _open(path, overwrite) as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for i in range(n):
+            writer.writerow([i] + [repr(float(c[i, k])) for c in columns for k in range(d)])
+    return path
+
+
+def _matrix(values, name):
+    a = np.asarray(values, dtype=np.float64)
+    a = a[:, None] if a.ndim == 1 else a
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be [B] or [B, D]. Received: {name}.shape={a.shape}")
+    return a
+
+
+def _open(path, overwrite):
+    try:
+        return open(path, "w" if overwrite else "x", newline="", encoding="utf-8")
+    except FileExistsError:
+        raise ValueError(f"path already exists; pass overwrite=True to replace it. "
+                         f"Received: path={str(path)!r}") from None
