@@ -4,11 +4,12 @@ lazily, Keras 3 (only to recognise and read Keras 3 input models).
 Everything else in tfp_bnn imports `tf_keras` from here, so the package never depends on the
 TF_USE_LEGACY_KERAS environment variable.
 """
-import os
 import sys
 
-# TFP reads TF_USE_LEGACY_KERAS at import to pick its Keras; its layers must be tf_keras layers.
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+# TF_USE_LEGACY_KERAS is left as the user set it. TFP builds its layers on tf_keras whenever
+# tf.keras is Keras 3 (the default since TF 2.16, and keras>=3 is a dependency); setting the
+# variable here would turn the user's own tf.keras into tf_keras, and break TFP's import when
+# tf_keras (hence TensorFlow) was imported before tfp_bnn.
 
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
