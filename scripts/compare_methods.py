@@ -5,13 +5,24 @@ Methods (same MLP backbone, input -> Dense(64, relu) -> Dense(64, relu) -> Dense
     deterministic          plain training (Adam, cross-entropy), one pass
     vi_flipout             bayesify(estimator="flipout"), KL weight 1/N, trained from scratch
     vi_reparameterization  bayesify(estimator="reparameterization")
+    vi_flipout_tempered    vi_flipout with the KL multiplier m (KL weight m / N) chosen from
+                           KL_GRID by the validation NLL of a carve of the training split
+                           (tfp_bnn.tempering.select_kl_multiplier), then refit on the whole
+                           training split with KL weight m / N
     mc_dropout             mc_dropout(backbone, rate, "before_dense"), trained with dropout on
     ensemble               DeepEnsemble(5 members), S = 5
     swag                   the deterministic net trained on with the SWAG callback, scale 0.5
     laplace_kron           laplace(deterministic net, last layer, kron, marglik prior), MC
     laplace_kron_probit    the same posterior, probit approximation (no samples: no MI)
+    laplace_kron_val       laplace(..., prior_precision="val_nll"): delta chosen by the probit
+                           NLL of the validation carve on a net trained without it, then used
+                           for the Laplace of the deterministic net; probit predictive
+    laplace_kron_val_mc    the same posterior, MC
     last_layer_vi          bayesify(det net, layers="last", MeanField(from_weights=True)),
                            last layer fine-tuned with the features frozen
+
+Hyper-parameters are never chosen on the test set: the validation carve is VAL_FRACTION of the
+training split (stratified, seed 2000 + seed), and the chosen values are reported per seed.
 
 Data:
 * Iris: the shipped CSV, min-max scaled, stratified 80/20 split per seed; OOD = 300 Gaussian
@@ -42,15 +53,22 @@ import numpy as np
 import tfp_bnn
 from tfp_bnn import data as data_lib
 from tfp_bnn import metrics
+from tfp_bnn.tempering import DEFAULT_MULTIPLIERS, select_kl_multiplier
 from tfp_bnn._keras import tf_keras
 from tfp_bnn.posteriors import MeanField
 
-METHODS = ("deterministic", "vi_flipout", "vi_reparameterization", "mc_dropout", "ensemble",
-           "swag", "laplace_kron", "laplace_kron_probit", "last_layer_vi")
+METHODS = ("deterministic", "vi_flipout", "vi_reparameterization", "vi_flipout_tempered",
+           "mc_dropout", "ensemble", "swag", "laplace_kron", "laplace_kron_probit",
+           "laplace_kron_val", "laplace_kron_val_mc", "last_layer_vi")
 LABELS = {"deterministic": "Deterministic", "vi_flipout": "VI Flipout",
-          "vi_reparameterization": "VI Reparameterization", "mc_dropout": "MC Dropout",
+          "vi_reparameterization": "VI Reparameterization",
+          "vi_flipout_tempered": "VI Flipout (KL tempered on val)", "mc_dropout": "MC Dropout",
           "ensemble": "Deep ensemble (5)", "swag": "SWAG", "laplace_kron": "Laplace LL kron (MC)",
-          "laplace_kron_probit": "Laplace LL kron (probit)", "last_layer_vi": "Last-layer VI"}
+          "laplace_kron_probit": "Laplace LL kron (probit)",
+          "laplace_kron_val": "Laplace LL kron (val_nll)",
+          "laplace_kron_val_mc": "Laplace LL kron (val_nll, MC)", "last_layer_vi": "Last-layer VI"}
+KL_GRID = DEFAULT_MULTIPLIERS  # KL multipliers tried by vi_flipout_tempered (1 wins ties)
+VAL_FRACTION = 0.2  # share of the training split carved off for validation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +109,15 @@ class Data:
     y_test: np.ndarray
     ood: dict  # name -> inputs
     num_classes: int
+
+    def carve(self, seed, fraction=VAL_FRACTION):
+        """(x_fit, y_fit, x_val, y_val): a stratified validation carve of the training split."""
+        rng = np.random.default_rng(2000 + seed)
+        val = np.zeros(len(self.y_train), bool)
+        for c in np.unique(self.y_train):
+            idx = np.flatnonzero(self.y_train == c)
+            val[rng.choice(idx, int(round(fraction * len(idx))), replace=False)] = True
+        return (self.x_train[~val], self.y_train[~val], self.x_train[val], self.y_train[val])
 
 
 def iris_data(seed):
@@ -143,11 +170,51 @@ def compiled(model, recipe):
     return model
 
 
-def fit(model, data, recipe, epochs, callbacks=()):
+def fit(model, data, recipe, epochs, callbacks=(), x=None, y=None):
     start = time.perf_counter()
-    model.fit(data.x_train, data.y_train, epochs=epochs, batch_size=recipe.batch_size,
-              shuffle=True, verbose=0, callbacks=list(callbacks))
+    model.fit(data.x_train if x is None else x, data.y_train if y is None else y, epochs=epochs,
+              batch_size=recipe.batch_size, shuffle=True, verbose=0, callbacks=list(callbacks))
     return time.perf_counter() - start
+
+
+def tempered_vi(data, recipe, seed, estimator="flipout"):
+    """VI with the KL multiplier chosen on the validation carve, refit on the whole split.
+
+    Returns (model, chosen multiplier, {multiplier: validation NLL}, seconds).
+    """
+    x_fit, y_fit, x_val, y_val = data.carve(seed)
+
+    def build(n):
+        return lambda: compiled(tfp_bnn.bayesify(backbone(data, recipe), estimator=estimator,
+                                                 num_train_examples=n), recipe)
+    start = time.perf_counter()
+    sel = select_kl_multiplier(build(len(x_fit)), x_fit, y_fit, x_val, y_val,
+                               multipliers=KL_GRID, num_samples=recipe.num_samples, seed=seed,
+                               epochs=recipe.vi_epochs, batch_size=recipe.batch_size,
+                               shuffle=True)
+    tf_keras.utils.set_random_seed(seed)
+    model = build(len(data.x_train))()
+    tfp_bnn.set_kl_weight(model, sel.multiplier)  # base weight 1 / N of the whole split
+    fit(model, data, recipe, recipe.vi_epochs)
+    return model, sel.multiplier, sel.val_nll, time.perf_counter() - start
+
+
+def val_laplace(det, data, recipe, seed):
+    """Laplace of ``det`` with the prior precision chosen by the validation NLL (probit).
+
+    The precision is chosen on a net trained, like ``det``, on the training split minus the
+    validation carve (``det`` has seen the carve); then used for ``det``'s own Laplace.
+    Returns (Laplace, {"prior_precision": delta}, seconds).
+    """
+    x_fit, y_fit, x_val, y_val = data.carve(seed)
+    tf_keras.utils.set_random_seed(seed)
+    net = compiled(backbone(data, recipe), recipe)
+    start = time.perf_counter()
+    fit(net, data, recipe, recipe.epochs, x=x_fit, y=y_fit)
+    chosen = tfp_bnn.laplace(net, x_fit, y_fit, hessian="kron", prior_precision="val_nll",
+                             x_val=x_val, y_val=y_val).prior_precision
+    la = tfp_bnn.laplace(det, data.x_train, data.y_train, hessian="kron", prior_precision=chosen)
+    return la, {"prior_precision": chosen}, time.perf_counter() - start
 
 
 def mc_predictor(model, num_samples, seed):
@@ -167,8 +234,9 @@ def probit_predictor(la):
 
 
 def train_all(data, recipe, seed, methods):
-    """Train every method on one split; returns {method: (predictor, train seconds)}."""
-    out = {}
+    """Train every method on one split; returns ({method: (predictor, train seconds)},
+    {method: hyper-parameters chosen on the validation carve})."""
+    out, chosen = {}, {}
     n = len(data.x_train)
     tf_keras.utils.set_random_seed(seed)
     det = compiled(backbone(data, recipe), recipe)
@@ -184,6 +252,12 @@ def train_all(data, recipe, seed, methods):
                                         num_train_examples=n), recipe)
         out[key] = (mc_predictor(bnn, recipe.num_samples, seed),
                     fit(bnn, data, recipe, recipe.vi_epochs))
+
+    if "vi_flipout_tempered" in methods:
+        model, m, scores, seconds = tempered_vi(data, recipe, seed)
+        out["vi_flipout_tempered"] = (mc_predictor(model, recipe.num_samples, seed), seconds)
+        chosen["vi_flipout_tempered"] = {"kl_multiplier": m,
+                                         "val_nll": {str(k): v for k, v in scores.items()}}
 
     if "mc_dropout" in methods:
         tf_keras.utils.set_random_seed(seed)
@@ -218,6 +292,13 @@ def train_all(data, recipe, seed, methods):
         out["laplace_kron"] = (mc_predictor(la.as_model(), recipe.num_samples, seed), seconds)
         out["laplace_kron_probit"] = (probit_predictor(la), seconds)
 
+    if "laplace_kron_val" in methods or "laplace_kron_val_mc" in methods:
+        la, info, seconds = val_laplace(det, data, recipe, seed)
+        out["laplace_kron_val"] = (probit_predictor(la), det_time + seconds)
+        out["laplace_kron_val_mc"] = (mc_predictor(la.as_model(), recipe.num_samples, seed),
+                                      det_time + seconds)
+        chosen["laplace_kron_val"] = chosen["laplace_kron_val_mc"] = info
+
     if "last_layer_vi" in methods:
         tf_keras.utils.set_random_seed(seed)
         ll = tfp_bnn.bayesify(det, layers="last", posterior=MeanField(from_weights=True),
@@ -226,7 +307,8 @@ def train_all(data, recipe, seed, methods):
             layer.trainable = False
         seconds = fit(compiled(ll, recipe), data, recipe, recipe.ll_epochs)
         out["last_layer_vi"] = (mc_predictor(ll, recipe.num_samples, seed), det_time + seconds)
-    return {k: v for k, v in out.items() if k in methods}
+    return ({k: v for k, v in out.items() if k in methods},
+            {k: v for k, v in chosen.items() if k in methods})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,9 +340,12 @@ def evaluate(predictor, data):
 def run_dataset(name, recipe, seeds, methods):
     rows = {m: [] for m in methods}
     pooled = {m: ([], []) for m in methods}
+    chosen = {}
     for seed in range(seeds):
         data = DATASETS[name](seed)
-        trained = train_all(data, recipe, seed, methods)
+        trained, picked = train_all(data, recipe, seed, methods)
+        for method, info in picked.items():
+            chosen.setdefault(method, []).append(info)
         for method, (predictor, seconds) in trained.items():
             row, probs = evaluate(predictor, data)
             row["train_s"] = seconds
@@ -270,7 +355,21 @@ def run_dataset(name, recipe, seeds, methods):
             pooled[method][1].append(data.y_test)
             print(f"{name} seed {seed} {method}: " + ", ".join(
                 f"{k}={v:.4f}" for k, v in row.items() if v is not None), flush=True)
-    return rows, {m: (np.concatenate(p), np.concatenate(y)) for m, (p, y) in pooled.items()}
+    return (rows, {m: (np.concatenate(p), np.concatenate(y)) for m, (p, y) in pooled.items()},
+            chosen)
+
+
+def chosen_lines(name, chosen):
+    """One line per validation-tuned method: the value chosen on each seed."""
+    lines = []
+    if "vi_flipout_tempered" in chosen:
+        lines.append(f"- {name}: {LABELS['vi_flipout_tempered']}: KL multiplier per seed "
+                     + ", ".join(f"{c['kl_multiplier']:g}" for c in chosen["vi_flipout_tempered"])
+                     + f" (grid {', '.join(f'{m:g}' for m in KL_GRID)})")
+    if "laplace_kron_val" in chosen:
+        lines.append(f"- {name}: {LABELS['laplace_kron_val']}: prior precision per seed "
+                     + ", ".join(f"{c['prior_precision']:.3g}" for c in chosen["laplace_kron_val"]))
+    return lines
 
 
 def _cell(values, digits=3):
@@ -312,7 +411,7 @@ def targets(name, rows, ood_names):
                      f"{LABELS[m]} {mean[m]['ece']:.3f}" for m in worse)))
     for o in ood_names:
         key = f"auroc_{o}_entropy"
-        for m in ("ensemble", "vi_flipout", "vi_reparameterization"):
+        for m in ("ensemble", "vi_flipout", "vi_reparameterization", "vi_flipout_tempered"):
             if m not in mean:
                 continue
             best = max(v for v in (mean[m][f"auroc_{o}_mi"], mean[m][key]) if v is not None)
@@ -367,15 +466,22 @@ def main(argv=None):
     seeds = 1 if args.quick else args.seeds
     os.makedirs(args.out, exist_ok=True)
 
-    results, pooled, sections, checks = {}, {}, [], []
+    results, pooled, sections, checks, picks = {}, {}, [], [], []
+    start = time.perf_counter()
     for name in args.datasets:
         recipe = RECIPES[name].quick() if args.quick else RECIPES[name]
-        rows, pooled[name] = run_dataset(name, recipe, seeds, methods)
-        results[name] = {"recipe": dataclasses.asdict(recipe), "rows": rows}
+        rows, pooled[name], chosen = run_dataset(name, recipe, seeds, methods)
+        results[name] = {"recipe": dataclasses.asdict(recipe), "rows": rows, "chosen": chosen}
         ood_names = list(DATASETS[name](0).ood)
         sections.append(table(name, rows, ood_names))
         checks += targets(name, rows, ood_names)
+        picks += chosen_lines(name, chosen)
+    results["total_s"] = time.perf_counter() - start
     text = "\n\n".join(sections) + "\n\nTargets (seed means):\n\n" + "\n".join(checks) + "\n"
+    if picks:
+        text += ("\nChosen on the validation carve (VAL_FRACTION of the training split, never the "
+                 "test set):\n\n" + "\n".join(picks) + "\n")
+    text += f"\nWall time: {results['total_s']:.0f} s\n"
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     with open(os.path.join(args.out, "table.md"), "w") as f:

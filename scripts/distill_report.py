@@ -4,7 +4,10 @@ Per dataset and seed (data, splits, OOD sets and backbone exactly as scripts/com
 whose helpers this imports):
 
     teacher              bayesify(backbone, "flipout"), trained as compare_methods' vi_flipout
-                         (KL weight --kl-multiplier / N, default 1 / N); predicted with
+                         (KL weight --kl-multiplier / N, default 1 / N); or, with
+                         --teacher val_tempered, compare_methods' vi_flipout_tempered (KL
+                         multiplier chosen from cm.KL_GRID on a validation carve of the
+                         training split, refit on the whole split); predicted with
                          S = num_samples MC samples
     hard-label student   the same backbone trained on the labels (compare_methods'
                          deterministic); one forward pass
@@ -23,6 +26,7 @@ Targets (seed means): a distilled student's NLL and ECE within 10 % of the teach
 
 Usage:
     python scripts/distill_report.py --seeds 3 --out runs/distill_report
+    python scripts/distill_report.py --seeds 3 --teacher val_tempered --out runs/distill_tempered
     python scripts/distill_report.py --quick        # smoke run: 1 seed, few epochs
 """
 import argparse
@@ -89,14 +93,21 @@ def _distill(teacher, data, recipe, drecipe, seed, head):
 
 
 def train_all(data, recipe, drecipe, seed, kl_multiplier=1.0):
-    """{method: (predictor, train seconds)} for one split."""
+    """({method: (predictor, train seconds)}, teacher's KL multiplier) for one split.
+
+    ``kl_multiplier="val_tempered"``: the multiplier is chosen on the validation carve
+    (`compare_methods.tempered_vi`).
+    """
     out = {}
     n = len(data.x_train)
-    tf_keras.utils.set_random_seed(seed)
-    teacher = cm.compiled(tfp_bnn.bayesify(cm.backbone(data, recipe), estimator="flipout",
-                                           kl_weight=kl_multiplier / n), recipe)
-    out["teacher"] = (cm.mc_predictor(teacher, recipe.num_samples, seed),
-                      cm.fit(teacher, data, recipe, recipe.vi_epochs))
+    if kl_multiplier == "val_tempered":
+        teacher, kl_multiplier, _, seconds = cm.tempered_vi(data, recipe, seed)
+    else:
+        tf_keras.utils.set_random_seed(seed)
+        teacher = cm.compiled(tfp_bnn.bayesify(cm.backbone(data, recipe), estimator="flipout",
+                                               kl_weight=kl_multiplier / n), recipe)
+        seconds = cm.fit(teacher, data, recipe, recipe.vi_epochs)
+    out["teacher"] = (cm.mc_predictor(teacher, recipe.num_samples, seed), seconds)
     weights = [w.copy() for w in teacher.get_weights()]
 
     tf_keras.utils.set_random_seed(seed)
@@ -109,15 +120,18 @@ def train_all(data, recipe, drecipe, seed, kl_multiplier=1.0):
     out["distilled_mi"] = (_with_head(headed), seconds)
     assert all(np.array_equal(a, b) for a, b in zip(weights, teacher.get_weights())), \
         "distill changed the teacher"
-    return out
+    return out, kl_multiplier
 
 
 def run_dataset(name, recipe, drecipe, seeds, kl_multiplier=1.0):
+    """(rows, the teacher's KL multiplier per seed)."""
     rows = {m: [] for m in METHODS}
+    multipliers = []
     for seed in range(seeds):
         data = cm.DATASETS[name](seed)
-        for method, (predictor, seconds) in train_all(data, recipe, drecipe, seed,
-                                                       kl_multiplier).items():
+        trained, m = train_all(data, recipe, drecipe, seed, kl_multiplier)
+        multipliers.append(m)
+        for method, (predictor, seconds) in trained.items():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 row, _ = cm.evaluate(predictor, data)
@@ -126,7 +140,7 @@ def run_dataset(name, recipe, drecipe, seeds, kl_multiplier=1.0):
             rows[method].append(row)
             print(f"{name} seed {seed} {method}: " + ", ".join(
                 f"{k}={v:.4f}" for k, v in row.items() if v is not None), flush=True)
-    return rows
+    return rows, multipliers
 
 
 def table(name, rows, ood_names):
@@ -170,6 +184,10 @@ def main(argv=None):
     parser.add_argument("--out", default="runs/distill_report")
     parser.add_argument("--kl-multiplier", type=float, default=1.0,
                         help="teacher KL weight = this / N (1: compare_methods' vi_flipout)")
+    parser.add_argument("--teacher", choices=("elbo", "val_tempered"), default="elbo",
+                        help="elbo: KL weight --kl-multiplier / N; val_tempered: multiplier "
+                             "chosen on a validation carve of the training split "
+                             "(compare_methods' vi_flipout_tempered)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, few epochs")
     args = parser.parse_args(argv)
     if args.seeds < 1:
@@ -181,13 +199,19 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     start = time.perf_counter()
 
-    results, sections, checks, met = {}, [], [], {}
+    results, sections, checks, met, teacher_lines = {}, [], [], {}, []
     for name in args.datasets:
         recipe = cm.RECIPES[name].quick() if args.quick else cm.RECIPES[name]
         drecipe = DISTILL[name].quick() if args.quick else DISTILL[name]
-        rows = run_dataset(name, recipe, drecipe, seeds, args.kl_multiplier)
-        results[name] = {"recipe": dataclasses.asdict(recipe),
-                         "kl_multiplier": args.kl_multiplier,
+        teacher_kl = "val_tempered" if args.teacher == "val_tempered" else args.kl_multiplier
+        rows, multipliers = run_dataset(name, recipe, drecipe, seeds, teacher_kl)
+        teacher_lines.append(f"- {name}: teacher KL multiplier per seed "
+                             + ", ".join(f"{m:g}" for m in multipliers)
+                             + (f" (chosen on the validation carve from "
+                                f"{', '.join(f'{m:g}' for m in cm.KL_GRID)})"
+                                if args.teacher == "val_tempered" else ""))
+        results[name] = {"recipe": dataclasses.asdict(recipe), "teacher": args.teacher,
+                         "kl_multiplier": multipliers,
                          "distill_recipe": dataclasses.asdict(drecipe), "rows": rows}
         sections.append(table(name, rows, list(cm.DATASETS[name](0).ood)))
         lines, ok = targets(name, rows)
@@ -198,6 +222,7 @@ def main(argv=None):
         argv if argv is not None else sys.argv[1:])
     results["total_s"] = time.perf_counter() - start
     text = ("\n\n".join(sections) + "\n\nTargets (seed means):\n\n" + "\n".join(checks)
+            + "\n\nTeacher:\n\n" + "\n".join(teacher_lines)
             + f"\n\nCommand: `{results['command']}` ({results['total_s']:.0f} s)\n")
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)

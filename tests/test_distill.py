@@ -294,3 +294,19 @@ def test_report_quick_run(tmp_path):
                                           for k in ("nll", "ece")}
     table = (tmp_path / "table.md").read_text()
     assert "| Distilled student + MI head |" in table and "Predict ms/1k" in table
+
+
+def test_report_quick_run_with_the_validation_tempered_teacher(tmp_path):
+    spec = importlib.util.spec_from_file_location("distill_report",
+                                                  REPO_ROOT / "scripts" / "distill_report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report.main(["--quick", "--datasets", "iris", "--teacher", "val_tempered",
+                     "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["iris"]["teacher"] == "val_tempered"
+    (m,) = saved["iris"]["kl_multiplier"]
+    assert m in report.cm.KL_GRID
+    assert "chosen on the validation carve" in (tmp_path / "table.md").read_text()

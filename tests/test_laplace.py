@@ -137,3 +137,102 @@ def test_bad_activation_labels_and_probit_on_regression():
     la = tfp_bnn.laplace(_net(1), X, Y_REG, likelihood="regression", prior_precision=1.0)
     with pytest.raises(ValueError, match="predict_probit is for classification"):
         la.predict_probit(X)
+
+
+# ---------------------------------------------------------------------------------------------
+# prior_precision="val_nll": grid search on held-out data
+# ---------------------------------------------------------------------------------------------
+GRID = 10.0 ** np.linspace(-6.0, 6.0, 121)
+X_FIT, Y_FIT, X_VAL, Y_VAL = X[:28], Y[:28], X[28:], Y[28:]
+
+
+@pytest.fixture(scope="module")
+def overconfident():
+    """The tiny net fitted briefly, logits x8: confident and partly wrong (val accuracy
+    11/12), so the validation NLL has an interior optimum in delta."""
+    model = _net(3)
+    model.compile(tf_keras.optimizers.Adam(0.05),
+                  tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(X_FIT, Y_FIT, epochs=50, batch_size=28, verbose=0)
+    w, b = model.layers[1].get_weights()
+    model.layers[1].set_weights([8 * w, 8 * b])
+    return model
+
+
+def _dense_ggn(model, x, y, hessian):
+    """The Hessian approximation H as a dense [P, P] matrix (index i * C + c)."""
+    return tfp_bnn.laplace(model, x, y, hessian=hessian, prior_precision=1.0) \
+        .posterior_precision - np.eye(6 * 3) if hessian != "diag" else np.diag(
+            tfp_bnn.laplace(model, x, y, hessian="diag", prior_precision=1.0)
+            .posterior_precision.ravel() - 1.0)
+
+
+def _probit_nll_by_hand(model, h, delta, x, y):
+    phi = _features(model, x)
+    mu = phi @ _theta(model)
+    cov = np.linalg.inv(h + delta * np.eye(len(h))).reshape(6, 3, 6, 3)
+    var = np.stack([np.einsum("bi,bj,ij->b", phi, phi, cov[:, c, :, c]) for c in range(3)], 1)
+    z = mu / np.sqrt(1.0 + np.pi / 8.0 * var)
+    logp = z - z.max(1, keepdims=True)
+    logp = logp - np.log(np.exp(logp).sum(1, keepdims=True))
+    return -np.mean(logp[np.arange(len(y)), y])
+
+
+@pytest.mark.parametrize("hessian", ["diag", "kron", "full"])
+def test_val_nll_precision_is_the_grid_argmin_of_the_probit_nll_by_hand(overconfident, hessian):
+    la = tfp_bnn.laplace(overconfident, X_FIT, Y_FIT, hessian=hessian, prior_precision="val_nll",
+                         x_val=X_VAL, y_val=Y_VAL)
+    h = _dense_ggn(overconfident, X_FIT, Y_FIT, hessian)
+    by_hand = np.array([_probit_nll_by_hand(overconfident, h, d, X_VAL, Y_VAL) for d in GRID])
+    best = int(np.argmin(by_hand))
+    assert 0 < best < len(GRID) - 1  # an interior optimum: the test is not decided by an edge
+    assert la.prior_precision == pytest.approx(GRID[best], rel=1e-9)
+    np.testing.assert_allclose(la.val_nll_grid[0], GRID, rtol=1e-12)
+    np.testing.assert_allclose(la.val_nll_grid[1], by_hand, rtol=1e-6)
+    assert la.validation_nll(X_VAL, Y_VAL) == pytest.approx(by_hand[best], rel=1e-6)
+    # The probit predictive at the chosen precision is the one scored.
+    p = la.predict_probit(X_VAL)
+    assert -np.mean(np.log(p[np.arange(len(Y_VAL)), Y_VAL])) == pytest.approx(by_hand[best],
+                                                                              rel=1e-5)
+
+
+def test_val_nll_regression_uses_the_gaussian_linearised_predictive():
+    model = _net(1)
+    x_val, y_val = X[28:], Y_REG[28:]
+    la = tfp_bnn.laplace(model, X[:28], Y_REG[:28], hessian="full", likelihood="regression",
+                         prior_precision="val_nll", x_val=x_val, y_val=y_val)
+    phi = _features(model, x_val)
+    mu = phi @ _theta(model)
+    h = la.posterior_precision - la.prior_precision * np.eye(6)
+    by_hand = []
+    for d in GRID:
+        v = np.einsum("bi,ij,bj->b", phi, np.linalg.inv(h + d * np.eye(6)), phi)[:, None] \
+            + la.sigma_noise ** 2
+        by_hand.append(np.mean(np.sum(0.5 * np.log(2 * np.pi * v) + (y_val - mu) ** 2 / (2 * v),
+                                      -1)))
+    assert la.prior_precision == pytest.approx(GRID[int(np.argmin(by_hand))], rel=1e-9)
+    np.testing.assert_allclose(la.val_nll_grid[1], by_hand, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"prior_precision": "val_nll"},
+     r"prior_precision='val_nll' needs validation data: pass x_val and y_val\. "
+     r"Received: x_val=None"),
+    ({"prior_precision": "val_nll", "x_val": X_VAL},
+     r"needs validation data.*Received: y_val=None"),
+    ({"x_val": X_VAL, "y_val": Y_VAL},
+     r"x_val and y_val are only used with prior_precision='val_nll'\. "
+     r"Received: prior_precision='marglik'"),
+    ({"prior_precision": 1.0, "y_val": Y_VAL}, r"only used with prior_precision='val_nll'"),
+    ({"prior_precision": "val_nll", "x_val": X_VAL, "y_val": Y_VAL[:5]},
+     r"x_val and y_val differ in length: 12 vs 5"),
+    ({"prior_precision": "val_nll", "x_val": X_VAL, "y_val": Y_VAL + 3},
+     r"y_val must hold class indices in \[0, 3\)"),
+    ({"prior_precision": "val_nll", "x_val": X_VAL[:0], "y_val": Y_VAL[:0]},
+     r"at least one validation example"),
+    ({"prior_precision": "gridsearch"},
+     r"prior_precision must be 'marglik' or a positive number, or 'val_nll'"),
+])
+def test_val_nll_bad_inputs(classifier, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        tfp_bnn.laplace(classifier, X_FIT, Y_FIT, **kwargs)

@@ -18,6 +18,17 @@ Laplace evidence
                         - 1/2 [delta |theta*|^2 + log det(H + delta I) - P log delta]
 
 over a log-spaced grid refined by golden-section search (H's eigenvalues are computed once).
+With ``prior_precision="val_nll"`` (laplace-torch's "gridsearch") delta is instead the point of
+the log grid ``10^{-6}, 10^{-5.9}, ..., 10^6`` that minimises the NLL of held-out data
+``(x_val, y_val)`` under the closed-form linearised predictive:
+
+    classification:  -mean_i log softmax(mu_i / sqrt(1 + pi/8 var_i))[y_i]      (probit)
+    regression:      mean_i sum_d -log N(y_id | mu_id, var_id + sigma^2)
+    mu = phi~^T theta*,  var = diag of the linearised output variance under (H + delta I)^-1
+
+It corrects the evidence where the network was not trained as the MAP of the prior (no weight
+decay: the evidence then picks a small delta and an underconfident predictive). The validation
+data must not be data the network was trained on; carve it from the training split.
 
 Predictive: `Laplace.as_model` is a tf_keras model whose output layer draws fresh last-layer
 weights per MC sample (`tfp_bnn.predict`, `export_savedmodel`); `Laplace.predict_probit` is the
@@ -170,6 +181,7 @@ class Laplace:
 
     Attributes:
         prior_precision: delta (tuned or given).
+        val_nll_grid: (precisions, validation NLLs) of the "val_nll" search (only then).
         hessian: the GGN in the chosen structure: [rows, C] (diag), (A, G) (kron) or [P, P].
         likelihood, hessian_structure, sigma_noise (regression), theta_map ([rows, C]).
     """
@@ -251,6 +263,39 @@ class Laplace:
         log_det = float(np.sum(np.log(self._eigenvalues + delta))) - num * math.log(delta)
         return self.log_likelihood - 0.5 * (scatter + log_det)
 
+    def validation_nll(self, x_val, y_val, prior_precision=None, batch_size=256):
+        """NLL of (x_val, y_val) under the linearised predictive (probit for classification;
+        Gaussian with the noise for regression) at ``prior_precision`` (default: the fitted)."""
+        phi = self._phi(x_val, batch_size)
+        targets = self._targets(y_val, "y_val", len(phi))
+        delta = self.prior_precision if prior_precision is None else float(prior_precision)
+        return self._linearised_nll(phi, targets, delta)
+
+    def _linearised_nll(self, phi, targets, delta):
+        mu = phi @ self.theta_map
+        var = self._function_variance(phi, delta)
+        if self.likelihood == "regression":
+            v = var + self.sigma_noise ** 2
+            return float(np.mean(np.sum(0.5 * np.log(2 * np.pi * v) + (targets - mu) ** 2 / (2 * v),
+                                        axis=-1)))
+        z = mu / np.sqrt(1.0 + np.pi / 8.0 * var)
+        z = z - z.max(1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+        return float(-np.mean(logp[np.arange(len(targets)), targets]))
+
+    def _tune_val_nll(self, phi, targets):
+        values = np.array([self._linearised_nll(phi, targets, 10.0 ** g) for g in _LOG10_GRID])
+        self.val_nll_grid = (10.0 ** _LOG10_GRID, values)
+        return float(10.0 ** _LOG10_GRID[int(np.argmin(values))])
+
+    def _phi(self, x, batch_size=256):
+        x = np.asarray(x, np.float32)
+        return self._augment(np.concatenate([self._feature_fn(x[i:i + batch_size]).numpy()
+                                             for i in range(0, len(x), batch_size)]))
+
+    def _targets(self, y, name, length):
+        return _targets(y, self.likelihood, self.num_classes, name, length)
+
     def _tune(self):
         values = [self.log_marginal_likelihood(10.0 ** g) for g in _LOG10_GRID]
         i = int(np.argmax(values))
@@ -269,9 +314,9 @@ class Laplace:
         return self.hessian + d * np.eye(len(self.hessian))
 
     # --- predictive -------------------------------------------------------------------------
-    def _function_variance(self, phi):
+    def _function_variance(self, phi, prior_precision=None):
         """[B, C] variance of the linearised outputs f = phi~^T theta."""
-        d = self.prior_precision
+        d = self.prior_precision if prior_precision is None else prior_precision
         rows, c = self.theta_map.shape
         if self.hessian_structure == "diag":
             return np.square(phi) @ (1.0 / (self.hessian + d))
@@ -279,7 +324,7 @@ class Laplace:
             u = np.square(phi @ self._q_a)  # [B, rows]
             v = u @ (1.0 / (np.outer(self._lam_a, self._lam_g) + d))  # [B, C] in G's eigenbasis
             return v @ np.square(self._q_g).T
-        cov = np.linalg.inv(self.posterior_precision).reshape(rows, c, rows, c)
+        cov = np.linalg.inv(self.hessian + d * np.eye(len(self.hessian))).reshape(rows, c, rows, c)
         return np.einsum("bi,bj,icjc->bc", phi, phi, cov, optimize=True)
 
     def predict_probit(self, x, batch_size=256):
@@ -287,9 +332,7 @@ class Laplace:
         if self.likelihood != "classification":
             raise ValueError("predict_probit is for classification; this Laplace has "
                              "likelihood='regression' (use as_model() with tfp_bnn.predict).")
-        x = np.asarray(x, np.float32)
-        phi = self._augment(np.concatenate([self._feature_fn(x[i:i + batch_size]).numpy()
-                                            for i in range(0, len(x), batch_size)]))
+        phi = self._phi(x, batch_size)
         mu = phi @ self.theta_map
         z = mu / np.sqrt(1.0 + np.pi / 8.0 * self._function_variance(phi))
         z = z - z.max(1, keepdims=True)
@@ -328,8 +371,25 @@ def _output_dense(model):
     return last
 
 
+def _targets(y, likelihood, num_classes, name, length):
+    """Integer labels [N] (classification) or float targets [N, C] (regression), checked."""
+    y = np.asarray(y)
+    if likelihood == "classification":
+        targets = (y.argmax(-1) if y.ndim == 2 and y.shape[1] > 1 else y.reshape(-1)).astype(int)
+        if len(targets) and (targets.min() < 0 or targets.max() >= num_classes):
+            raise ValueError(f"{name} must hold class indices in [0, {num_classes}). Received "
+                             f"labels in [{targets.min()}, {targets.max()}].")
+    else:
+        targets = y.reshape(len(y), -1).astype(np.float64)
+    if len(targets) != length:
+        x_name = "x" if name == "y" else "x_val"
+        raise ValueError(f"{x_name} and {name} differ in length: {length} vs {len(targets)}.")
+    return targets
+
+
 def laplace(model, x, y, subset="last_layer", hessian="kron", prior_precision="marglik",
-            likelihood="classification", sigma_noise=None, batch_size=256):
+            likelihood="classification", sigma_noise=None, batch_size=256, x_val=None,
+            y_val=None):
     """Fit a Laplace approximation to a trained deterministic model (see module doc).
 
     Args:
@@ -339,22 +399,40 @@ def laplace(model, x, y, subset="last_layer", hessian="kron", prior_precision="m
         y: integer class labels [N] (or one-hot [N, C]) / regression targets [N, C].
         subset: which weights are Bayesian; only "last_layer".
         hessian: "diag", "kron" or "full".
-        prior_precision: "marglik" (maximise the evidence) or a positive number.
+        prior_precision: "marglik" (maximise the evidence), "val_nll" (minimise the NLL of
+            ``(x_val, y_val)`` under the probit / Gaussian linearised predictive over a log
+            grid; see module doc) or a positive number.
         likelihood: "classification" (softmax) or "regression" (Gaussian).
         sigma_noise: regression noise std; None estimates it from the residuals (MLE).
         batch_size: batch size of the feature pass.
+        x_val, y_val: held-out data for ``prior_precision="val_nll"`` (only then), e.g. a
+            validation carve of the training split the model was *not* trained on.
 
     Returns:
-        `Laplace`, with ``as_model()`` and ``predict_probit(x)``.
+        `Laplace`, with ``as_model()`` and ``predict_probit(x)``; after "val_nll" also
+        ``val_nll_grid = (precisions, validation NLLs)``.
+
+    Example:
+        >>> la = tfp_bnn.laplace(model, x_fit, y_fit, prior_precision="val_nll",
+        ...                      x_val=x_val, y_val=y_val)
     """
     _choice("subset", subset, SUBSETS)
     hessian = _choice("hessian", hessian, HESSIANS)
     likelihood = _choice("likelihood", likelihood, LIKELIHOODS)
-    if not (isinstance(prior_precision, str) and prior_precision == "marglik"):
+    if not (isinstance(prior_precision, str) and prior_precision in ("marglik", "val_nll")):
         if isinstance(prior_precision, str):
-            raise ValueError("prior_precision must be 'marglik' or a positive number. "
+            raise ValueError("prior_precision must be 'marglik' or a positive number, or 'val_nll' "
+                             "with x_val and y_val. "
                              f"Received: prior_precision={prior_precision!r}")
         prior_precision = _positive("prior_precision", prior_precision)
+    if prior_precision == "val_nll":
+        for name, value in (("x_val", x_val), ("y_val", y_val)):
+            if value is None:
+                raise ValueError(f"prior_precision='val_nll' needs validation data: pass x_val "
+                                 f"and y_val. Received: {name}=None")
+    elif x_val is not None or y_val is not None:
+        raise ValueError("x_val and y_val are only used with prior_precision='val_nll'. "
+                         f"Received: prior_precision={prior_precision!r}")
     if not convert._is_model(model):
         raise ValueError("model must be a tf_keras or Keras 3 Model. "
                          f"Received: model={model!r} (type {type(model).__name__})")
@@ -376,16 +454,17 @@ def laplace(model, x, y, subset="last_layer", hessian="kron", prior_precision="m
     if phi.ndim != 2:
         raise ValueError(f"laplace needs 2-D features below the output layer {last.name!r}; "
                          f"they have shape {phi.shape}.")
-    y = np.asarray(y)
-    if likelihood == "classification":
-        targets = (y.argmax(-1) if y.ndim == 2 and y.shape[1] > 1 else y.reshape(-1)).astype(int)
-        if targets.min() < 0 or targets.max() >= last.units:
-            raise ValueError(f"y must hold class indices in [0, {last.units}). Received labels in "
-                             f"[{targets.min()}, {targets.max()}].")
-    else:
-        targets = y.reshape(len(y), -1).astype(np.float64)
-    if len(targets) != len(phi):
-        raise ValueError(f"x and y differ in length: {len(phi)} vs {len(targets)}.")
+    targets = _targets(y, likelihood, last.units, "y", len(phi))
+    if prior_precision == "val_nll" and len(x_val) == 0:
+        raise ValueError("prior_precision='val_nll' needs at least one validation example. "
+                         f"Received: x_val of length {len(x_val)}")
     result = Laplace(copy, features, last, phi, targets, hessian, likelihood, sigma_noise)
-    result.prior_precision = result._tune() if prior_precision == "marglik" else prior_precision
+    if prior_precision == "marglik":
+        result.prior_precision = result._tune()
+    elif prior_precision == "val_nll":
+        phi_val = result._phi(x_val, batch_size)
+        result.prior_precision = result._tune_val_nll(
+            phi_val, result._targets(y_val, "y_val", len(phi_val)))
+    else:
+        result.prior_precision = prior_precision
     return result
