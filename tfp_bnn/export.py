@@ -85,7 +85,14 @@ def _first(outputs):
 
 
 def _entropy(p):
-    return -tf.reduce_sum(tf.math.multiply_no_nan(tf.math.log(p), p), axis=-1)
+    return -tf.reduce_sum(tf.math.xlogy(p, p), axis=-1)
+
+
+def _softmax(z):
+    # exp(log_softmax), not tf.nn.softmax: on CPU the oneDNN Softmax kernel costs ~30 us per
+    # call on a [10, 1, 3] tensor, a fifth of a whole served request at batch 1 (measured, TF
+    # 2.21); LogSoftmax + Exp cost ~3 us. Same values to float rounding.
+    return tf.exp(tf.nn.log_softmax(z, axis=-1))
 
 
 def _serving_summary(samples, kind):
@@ -97,7 +104,7 @@ def _serving_summary(samples, kind):
     """
     z = tf.cast(samples, tf.float32)
     if kind == "classification":
-        probs_s = tf.nn.softmax(z, axis=-1)
+        probs_s = _softmax(z)
         probs = tf.reduce_mean(probs_s, axis=0)
         mean = tf.reduce_mean(z, axis=0)
         total = _entropy(probs)
@@ -172,7 +179,7 @@ def _build_module(model, num_samples, kind, stochastic):
         out = tf.cast(out, tf.float32)
         if kind == "classification":
             return {"logits": tf.identity(out, name="logits"),
-                    "probabilities": tf.nn.softmax(out, axis=-1)}
+                    "probabilities": _softmax(out)}
         if kind == "gaussian":
             mean, scale = tf.split(out, 2, axis=-1)
             return {"mean": mean, "aleatoric_variance": tf.square(scale)}
