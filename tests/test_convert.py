@@ -459,3 +459,40 @@ def test_layers_tfp_cannot_express(make, cls, reason, shape):
     assert [l.name for l in bl.bayesian_layers(bnn)] == ["head"]
     x_in = np.random.default_rng(0).normal(size=(2,) + shape).astype("float32")
     _assert_outputs_equal(bnn, source, x_in)
+
+
+def test_time_distributed_dense_becomes_a_bayesian_dense(tmp_path):
+    # TimeDistributed(Dense) is Dense on the last axis: it becomes the Bayesian Dense itself,
+    # under the wrapper's name, with the wrapped weights; masked sequences keep working.
+    inp = tf_keras.Input((5, 3))
+    h = L.Masking(0.0)(inp)
+    h = L.LSTM(4, return_sequences=True, name="lstm")(h)
+    out = L.TimeDistributed(L.Dense(2), name="td")(h)
+    source = _randomize(tf_keras.Model(inp, out))
+    bnn = tfp_bnn.bayesify(source, kl_weight=1.0, posterior=FROM_WEIGHTS, layers=["td"])
+    assert type(bnn.get_layer("td")).__name__ == "DenseFlipout"
+    assert type(bnn.get_layer("lstm")).__name__ == "LSTM"
+    x = np.random.default_rng(0).normal(size=(2, 5, 3)).astype(np.float32)
+    x[1, 3:] = 0.0  # padded steps
+    np.testing.assert_allclose(tfp_bnn.sampling.mean_outputs(bnn, x), source(x), rtol=1e-5,
+                               atol=1e-6)
+    bnn.save(tmp_path / "m.keras")
+    loaded = tf_keras.models.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(tfp_bnn.sampling.mean_outputs(loaded, x),
+                               tfp_bnn.sampling.mean_outputs(bnn, x), rtol=1e-6)
+    pred = tfp_bnn.predict(bnn, x, num_samples=20, seed=0)
+    assert pred.mean_logits.shape == (2, 5, 2) and np.all(pred.variance > 0)
+
+
+def test_keras3_time_distributed_dense_after_a_masked_lstm():
+    k3 = _keras3()
+    inp = k3.Input((5, 3))
+    h = k3.layers.LSTM(4, return_sequences=True)(k3.layers.Masking(0.0)(inp))
+    source = k3.Model(inp, k3.layers.TimeDistributed(k3.layers.Dense(2), name="td")(h))
+    bnn = tfp_bnn.bayesify(source, kl_weight=1.0, posterior=FROM_WEIGHTS)
+    assert [type(l).__name__ for l in bnn.layers[1:]] == ["Masking", "LSTMFlipout",
+                                                          "DenseFlipout"]
+    x = np.random.default_rng(1).normal(size=(2, 5, 3)).astype(np.float32)
+    x[1, 3:] = 0.0
+    np.testing.assert_allclose(tfp_bnn.sampling.mean_outputs(bnn, x), np.asarray(source(x)),
+                               rtol=1e-5, atol=1e-6)

@@ -101,8 +101,24 @@ def _why_not(layer, estimator):
 def _is_convertible_class(layer):
     if _wrapped_rnn(layer) is not None:
         return _is_convertible_class(_wrapped_rnn(layer))
+    if _wrapped_dense(layer) is not None:
+        return True
     return type(layer).__name__ in _UNSUPPORTED or _kind(layer) is not None or (
         isinstance(layer, _dense_conv_bases()) and not _is_model(layer))
+
+
+def _wrapped_dense(layer):
+    """The Dense inside a built-in TimeDistributed wrapper, else None.
+
+    TimeDistributed(Dense) is Dense on the last axis: the wrapper is replaced by the Bayesian
+    Dense itself (same outputs; a rank > 2 input keeps one kernel draw per example in
+    `tfp_bnn.predict`), which also keeps the model loadable (tf_keras's wrapper deserialiser
+    does not resolve registered layer names).
+    """
+    if type(layer).__name__ == "TimeDistributed" and type(layer).__module__.startswith(
+            ("tf_keras.", "keras.")) and _kind(layer.layer) == "Dense":
+        return layer.layer
+    return None
 
 
 def _wrapped_rnn(layer):
@@ -236,13 +252,16 @@ class _Rebuilder:
         if _is_model(layer):
             new = self.rebuild(layer, top=False)
         elif _is_convertible_class(layer) and self.select(layer):
-            inner = _wrapped_rnn(layer)
-            reason = _why_not(layer if inner is None else inner, self.estimator)
+            inner, dense = _wrapped_rnn(layer), _wrapped_dense(layer)
+            reason = _why_not(inner or dense or layer, self.estimator)
             if reason is not None:
                 raise ValueError(
                     f"Cannot convert layer {layer.name!r} ({type(layer).__name__}): {reason}. "
                     "Leave it deterministic by excluding it with layers=.")
-            new = self._bayesian(layer) if inner is None else self._bidirectional(layer)
+            if inner is not None:
+                new = self._bidirectional(layer)
+            else:
+                new = self._bayesian(dense or layer, name=layer.name)
             self.converted.append(new)
         else:
             new = _copy_layer(layer)
@@ -250,12 +269,12 @@ class _Rebuilder:
         self.pairs.append((layer, new))
         return new
 
-    def _bayesian(self, layer):
+    def _bayesian(self, layer, name=None):
         config = _to_tf_keras_config(layer.get_config())
         kind = _kind(layer)
         cls = ESTIMATORS[self.estimator][kind]
         common = dict(
-            name=config["name"], trainable=config.get("trainable", True),
+            name=name or config["name"], trainable=config.get("trainable", True),
             # The variable dtype: float64 stays float64. Under a mixed policy ("mixed_float16",
             # "mixed_bfloat16") the Bayesian layer runs in plain float32, like the float32
             # output layer Keras recommends: softplus(rho), the weight draw and the KL, whose
@@ -336,6 +355,10 @@ class _Rebuilder:
         new_kwargs = tf.nest.map_structure(
             lambda x: self._replay(x, memo) if symbolic(x) else x, kwargs)
         new_layer = self.layer_for(layer)
+        if isinstance(new_layer, bl.BayesianLayer) and _wrapped_dense(layer) is not None:
+            # The wrapper's mask argument (Keras 3 records mask=None): tf_keras propagates a
+            # mask through the Dense by itself.
+            new_kwargs = {k: v for k, v in new_kwargs.items() if k != "mask"}
         out = new_layer(*new_args, **new_kwargs)
         src_flat = tf.nest.flatten(node.outputs)
         for src, new in zip(src_flat, tf.nest.flatten(out)):
