@@ -381,19 +381,22 @@ def _cell(values, digits=3):
     return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
 
 
-def table(name, rows, ood_names):
+def table(name, rows, ood_names, labels=None, first_column="Method"):
+    """A markdown table of mean ± std over seeds per method (row names from ``labels``)."""
+    labels = LABELS if labels is None else labels
     cols = [("Acc ↑", "accuracy"), ("NLL ↓", "nll"), ("ECE ↓", "ece")]
     for o in ood_names:
         label = {"digits_8_9": "8/9", "noise": "noise"}[o]
         cols += [(f"AUROC {label} MI ↑", f"auroc_{o}_mi"),
                  (f"AUROC {label} H ↑", f"auroc_{o}_entropy")]
-    lines = ["| Method | " + " | ".join(c for c, _ in cols) + " | Train s | Predict ms/1k |",
+    lines = [f"| {first_column} | " + " | ".join(c for c, _ in cols)
+             + " | Train s | Predict ms/1k |",
              "|---" * (len(cols) + 3) + "|"]
     for method, r in rows.items():
         cells = [_cell([x[k] for x in r]) for _, k in cols]
         cells += [_cell([x["train_s"] for x in r], 1),
                   _cell([x["predict_ms_per_1000"] for x in r], 1)]
-        lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {labels[method]} | " + " | ".join(cells) + " |")
     return f"**{name}**\n\n" + "\n".join(lines)
 
 

@@ -144,19 +144,7 @@ def run_dataset(name, recipe, drecipe, seeds, kl_multiplier=1.0):
 
 
 def table(name, rows, ood_names):
-    cols = [("Acc ↑", "accuracy"), ("NLL ↓", "nll"), ("ECE ↓", "ece")]
-    for o in ood_names:
-        label = {"digits_8_9": "8/9", "noise": "noise"}[o]
-        cols += [(f"AUROC {label} MI ↑", f"auroc_{o}_mi"),
-                 (f"AUROC {label} H ↑", f"auroc_{o}_entropy")]
-    lines = ["| Model | " + " | ".join(c for c, _ in cols) + " | Train s | Predict ms/1k |",
-             "|---" * (len(cols) + 3) + "|"]
-    for method, r in rows.items():
-        cells = [cm._cell([x[k] for x in r]) for _, k in cols]
-        cells += [cm._cell([x["train_s"] for x in r], 1),
-                  cm._cell([x["predict_ms_per_1000"] for x in r], 1)]
-        lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + " |")
-    return f"**{name}**\n\n" + "\n".join(lines)
+    return cm.table(name, rows, ood_names, labels=LABELS, first_column="Model")
 
 
 def targets(name, rows):
