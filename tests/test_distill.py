@@ -277,11 +277,16 @@ def test_bad_models_and_inputs(teacher):
 # ---------------------------------------------------------------------------------------------
 # The report script
 # ---------------------------------------------------------------------------------------------
-def test_report_quick_run(tmp_path):
+def _load_report():
     spec = importlib.util.spec_from_file_location("distill_report",
                                                   REPO_ROOT / "scripts" / "distill_report.py")
     report = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(report)
+    return report
+
+
+def test_report_quick_run(tmp_path):
+    report = _load_report()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         results = report.main(["--quick", "--datasets", "iris", "--out", str(tmp_path)])
@@ -297,10 +302,7 @@ def test_report_quick_run(tmp_path):
 
 
 def test_report_quick_run_with_the_validation_tempered_teacher(tmp_path):
-    spec = importlib.util.spec_from_file_location("distill_report",
-                                                  REPO_ROOT / "scripts" / "distill_report.py")
-    report = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(report)
+    report = _load_report()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         report.main(["--quick", "--datasets", "iris", "--teacher", "val_tempered",
