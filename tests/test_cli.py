@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -391,3 +392,24 @@ def test_benchmark_script_keeps_its_options(capsys):
     text = capsys.readouterr().out
     for option in ("--calls", "--budget", "--models", "--out"):
         assert option in text
+
+
+def test_console_script_prints_exactly_one_line_on_bad_input(tmp_path):
+    # The installed `tfp-bnn` (not `python -m tfp_bnn.cli`): TensorFlow's start-up INFO lines
+    # are held back, so stderr is the one error line and nothing else.
+    script = os.path.join(os.path.dirname(sys.executable), "tfp-bnn")
+    if not os.path.exists(script):
+        script = shutil.which("tfp-bnn")
+    if script is None:
+        pytest.skip("the tfp-bnn console script is not installed (pip install -e .)")
+    missing = str(tmp_path / "missing.keras")
+    proc = subprocess.run([script, "predict", missing, "x.csv", "--out", str(tmp_path / "p.csv")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        f"tfp-bnn predict: error: model not found: MODEL={missing!r}"]
+    assert proc.stdout == ""
+    proc = subprocess.run([script, "train", "--epochs", "0", "data.csv", "--target", "y"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert "--epochs" in proc.stderr
