@@ -44,7 +44,7 @@ def test_reliability_diagram(tmp_path):
     np.testing.assert_array_equal([b.get_height() for b in count_bars], bins.counts)
     assert sorted(int(t.get_text()) for t in ax_counts.texts) == sorted(bins.counts[filled])
     ece = metrics.expected_calibration_error(p, y, num_bins=10)
-    assert ax.get_title() == f"BNN — ECE = {ece:.4f}"
+    assert ax.get_title() == f"BNN\nECE = {ece:.4f}"
 
 
 def test_reliability_diagram_without_path_returns_figure():

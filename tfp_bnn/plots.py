@@ -54,7 +54,7 @@ def reliability_diagram(probabilities, labels, num_bins=15, path=None, title=Non
         labels: [B] integer labels.
         num_bins: number of equal-width confidence bins.
         path: if given, where to save the PNG.
-        title: axis title; the ECE is always appended.
+        title: axis title; the ECE is always added on a line of its own.
 
     Returns:
         The Figure (two axes: reliability, counts).
@@ -78,7 +78,9 @@ def reliability_diagram(probabilities, labels, num_bins=15, path=None, title=Non
            hatch="//", label="gap")
     _diagonal(ax)
     ax.set_ylabel("accuracy")
-    ax.set_title(f"{title + ' — ' if title else ''}ECE = {ece:.4f}")
+    # The ECE on a line of its own: appended to a long title it ran off a 6-inch figure.
+    head = f"{title}\n" if title else ""
+    ax.set_title(f"{head}ECE = {ece:.4f}")
     ax.legend(loc="upper left")
 
     ax_counts.bar(left, bins.counts, width=width, align="edge", color="gray", edgecolor="black")
