@@ -50,7 +50,7 @@ import math
 
 import numpy as np
 
-from tfp_bnn import convert, sampling
+from tfp_bnn import convert, metrics, sampling
 from tfp_bnn._keras import tf, tf_keras
 from tfp_bnn.baselines import _rebuild
 
@@ -272,16 +272,18 @@ class Laplace:
         return self._linearised_nll(phi, targets, delta)
 
     def _linearised_nll(self, phi, targets, delta):
-        mu = phi @ self.theta_map
-        var = self._function_variance(phi, delta)
         if self.likelihood == "regression":
-            v = var + self.sigma_noise ** 2
-            return float(np.mean(np.sum(0.5 * np.log(2 * np.pi * v) + (targets - mu) ** 2 / (2 * v),
-                                        axis=-1)))
-        z = mu / np.sqrt(1.0 + np.pi / 8.0 * var)
-        z = z - z.max(1, keepdims=True)
-        logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+            var = self._function_variance(phi, delta) + self.sigma_noise ** 2
+            return metrics.gaussian_nll(phi @ self.theta_map, var, targets)
+        logp = self._probit_log_probs(phi, delta)
         return float(-np.mean(logp[np.arange(len(targets)), targets]))
+
+    def _probit_log_probs(self, phi, prior_precision=None):
+        """[B, C] log softmax(mu / sqrt(1 + pi/8 var)) of the linearised outputs."""
+        var = self._function_variance(phi, prior_precision)
+        z = (phi @ self.theta_map) / np.sqrt(1.0 + np.pi / 8.0 * var)
+        z = z - z.max(1, keepdims=True)
+        return z - np.log(np.exp(z).sum(1, keepdims=True))
 
     def _tune_val_nll(self, phi, targets):
         values = np.array([self._linearised_nll(phi, targets, 10.0 ** g) for g in _LOG10_GRID])
@@ -332,12 +334,7 @@ class Laplace:
         if self.likelihood != "classification":
             raise ValueError("predict_probit is for classification; this Laplace has "
                              "likelihood='regression' (use as_model() with tfp_bnn.predict).")
-        phi = self._phi(x, batch_size)
-        mu = phi @ self.theta_map
-        z = mu / np.sqrt(1.0 + np.pi / 8.0 * self._function_variance(phi))
-        z = z - z.max(1, keepdims=True)
-        p = np.exp(z)
-        return (p / p.sum(1, keepdims=True)).astype(np.float32)
+        return np.exp(self._probit_log_probs(self._phi(x, batch_size))).astype(np.float32)
 
     def _square_root(self):
         d = self.prior_precision
