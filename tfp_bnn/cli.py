@@ -9,7 +9,8 @@
 
 Each subcommand has --help. Long steps show a Keras progress bar (``--quiet`` hides it); results
 are never overwritten without ``--overwrite``. Bad input ends with exit code 2 and one line on
-stderr naming what was wrong (TensorFlow's own start-up log lines may precede it).
+stderr naming what was wrong. The installed ``tfp-bnn`` script (`_tfp_bnn_cli`) holds back
+TensorFlow's import-time INFO lines; ``python -m tfp_bnn.cli`` shows them before that line.
 """
 import argparse
 import json

@@ -82,7 +82,8 @@ class Prediction:
 # In-graph summaries (shared with the SavedModel export)
 # ---------------------------------------------------------------------------------------------
 def _entropy(p):
-    return -tf.reduce_sum(tf.math.multiply_no_nan(tf.math.log(p), p), axis=-1)
+    # xlogy(p, p) = p log p, and 0 where p == 0.
+    return -tf.reduce_sum(tf.math.xlogy(p, p), axis=-1)
 
 
 def _sample_mean(t):
