@@ -342,11 +342,13 @@ class _Rebuilder:
         node = layer._inbound_nodes[node_index]
         if hasattr(node, "arguments"):  # Keras 3
             args, kwargs = node.arguments.args, node.arguments.kwargs
-            # Keras 3 records a propagated mask as an argument computed by an op, not a layer
-            # (Masking -> LSTM); tf_keras propagates it by itself through the rebuilt layers.
-            kwargs = {k: v for k, v in kwargs.items() if not (
-                k == "mask" and hasattr(v, "_keras_history") and not isinstance(
-                    v._keras_history[0], _keras3_layer_class()))}
+            # Keras 3 records the mask as an explicit argument: None, or computed by an op
+            # rather than a layer (Masking -> LSTM). tf_keras propagates masks by itself through
+            # the rebuilt layers, and a layer that replaces a wrapper (TimeDistributed(Dense) ->
+            # DenseFlipout) takes no mask argument at all.
+            kwargs = {k: v for k, v in kwargs.items() if not (k == "mask" and (
+                v is None or hasattr(v, "_keras_history") and not isinstance(
+                    v._keras_history[0], _keras3_layer_class())))}
         else:
             args, kwargs = node.call_args, node.call_kwargs
         symbolic = lambda x: hasattr(x, "_keras_history")  # noqa: E731
@@ -355,10 +357,6 @@ class _Rebuilder:
         new_kwargs = tf.nest.map_structure(
             lambda x: self._replay(x, memo) if symbolic(x) else x, kwargs)
         new_layer = self.layer_for(layer)
-        if isinstance(new_layer, bl.BayesianLayer) and _wrapped_dense(layer) is not None:
-            # The wrapper's mask argument (Keras 3 records mask=None): tf_keras propagates a
-            # mask through the Dense by itself.
-            new_kwargs = {k: v for k, v in new_kwargs.items() if k != "mask"}
         out = new_layer(*new_args, **new_kwargs)
         src_flat = tf.nest.flatten(node.outputs)
         for src, new in zip(src_flat, tf.nest.flatten(out)):
