@@ -212,7 +212,8 @@ def build_parser():
         prog="tfp-bnn", description="Bayesian neural networks for Keras on TensorFlow Probability.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    estimators = ["flipout", "reparameterization", "local_reparameterization"]
+    from tfp_bnn.convert import ESTIMATORS  # the registry bayesify dispatches on
+    estimators = list(ESTIMATORS)
 
     p = sub.add_parser("train", help="train a Bayesian MLP on a CSV (or hub dataset) column",
                        description="Split (train / validation / test), min-max scale, bayesify an "
