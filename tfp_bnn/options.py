@@ -20,8 +20,8 @@ import numbers
 
 import numpy as np
 
-__all__ = ["Estimator", "Task", "Hessian", "Placement", "Mode", "choice", "integer", "number",
-           "probability", "seed"]
+__all__ = ["Estimator", "Task", "Hessian", "Subset", "Likelihood", "Placement", "Mode", "choice",
+           "integer", "number", "probability", "seed"]
 
 
 class _Option(str, enum.Enum):
@@ -61,6 +61,17 @@ class Hessian(_Option):
     FULL = "full"
 
 
+class Subset(_Option):
+    """Which weights a Laplace approximation treats as random."""
+    LAST_LAYER = "last_layer"
+
+
+class Likelihood(_Option):
+    """Likelihood of a Laplace approximation's GGN: softmax or Gaussian."""
+    CLASSIFICATION = "classification"
+    REGRESSION = "regression"
+
+
 class Placement(_Option):
     """Where `tfp_bnn.mc_dropout` inserts new dropout layers."""
     BEFORE_DENSE = "before_dense"
@@ -76,8 +87,12 @@ class Mode(_Option):
     SAMPLE = "sample"  # S draws over S sample-major copies of the batch
 
 
-def choice(name, value, options):
-    """``value`` as a member of the enum ``options``; a ValueError naming both otherwise."""
+def choice(name, value, options, what=None):
+    """``value`` as a member of the enum ``options``; a ValueError naming both otherwise.
+
+    ``what`` names the option in the message when the argument's name does not (``where=``
+    is a placement: "Unknown placement: where='x'").
+    """
     if isinstance(value, options):
         return value
     if isinstance(value, str):
@@ -85,7 +100,7 @@ def choice(name, value, options):
             return options(value)
         except ValueError:
             pass
-    raise ValueError(f"Unknown {name}: {name}={value!r}. Valid: {options.values()}")
+    raise ValueError(f"Unknown {what or name}: {name}={value!r}. Valid: {options.values()}")
 
 
 def _is_integer(value):
@@ -94,17 +109,24 @@ def _is_integer(value):
 
 
 def integer(name, value, minimum=None, maximum=None):
-    """``value`` as a Python int, checked against ``minimum <= value <= maximum``."""
+    """``value`` as a Python int, checked against ``minimum <= value <= maximum``.
+
+    Integral numpy scalars pass; bools, floats (even ``2.0``) and strings do not.
+    """
     ok = _is_integer(value)
     if ok and minimum is not None and value < minimum:
         ok = False
     if ok and maximum is not None and value > maximum:
         ok = False
     if not ok:
-        bounds = (f" >= {minimum}" if maximum is None else f" in [{minimum}, {maximum}]"
-                  if minimum is not None else f" <= {maximum}") if (
-            minimum is not None or maximum is not None) else ""
-        raise ValueError(f"{name} must be an integer{bounds}. Received: {name}={value!r}")
+        if minimum == 1 and maximum is None:
+            what = "a positive integer"
+        elif minimum is not None:
+            what = (f"an integer >= {minimum}" if maximum is None
+                    else f"an integer in [{minimum}, {maximum}]")
+        else:
+            what = "an integer" if maximum is None else f"an integer <= {maximum}"
+        raise ValueError(f"{name} must be {what}. Received: {name}={value!r}")
     return int(value)
 
 
@@ -122,9 +144,9 @@ def number(name, value, minimum=None, maximum=None, strict=False, allow_inf=Fals
         if ok and maximum is not None:
             ok = value_f < maximum if strict else value_f <= maximum
     if not ok:
-        lo, hi = ("(", ")") if strict else ("[", "]")
         if minimum is not None and maximum is not None:
-            what = f"a number in {lo}{minimum}, {maximum}{hi}"
+            what = (f"a number strictly between {minimum:g} and {maximum:g}" if strict
+                    else f"a number in [{minimum}, {maximum}]")
         elif minimum is not None:
             what = (f"a number > {minimum}" if strict else f"a number >= {minimum}")
             if minimum == 0:
