@@ -17,12 +17,14 @@ What differs from the TFP parents:
 Example:
     >>> layer = DenseFlipout(64, activation="relu", prior="normal", kl_weight=1 / 120)
 """
-import math
-
+from tfp_bnn import bayesian, options
 from tfp_bnn import posteriors as posteriors_lib
-from tfp_bnn import priors as priors_lib
 from tfp_bnn import sampling
 from tfp_bnn._keras import tf, tf_keras, tfp
+from tfp_bnn.bayesian import BayesianLayer, bayesian_layers
+from tfp_bnn.rnn import (
+    GRUFlipout, GRUReparameterization, LSTMFlipout, LSTMReparameterization, SimpleRNNFlipout,
+    SimpleRNNReparameterization)
 
 __all__ = [
     "BayesianLayer", "DenseFlipout", "DenseReparameterization", "DenseLocalReparameterization",
@@ -30,40 +32,20 @@ __all__ = [
     "Conv2DReparameterization", "Conv3DReparameterization", "Convolution1DFlipout",
     "Convolution2DFlipout", "Convolution3DFlipout", "Convolution1DReparameterization",
     "Convolution2DReparameterization", "Convolution3DReparameterization", "bayesian_layers",
+    # The recurrent layers live in tfp_bnn/rnn.py; re-exported so one module lists them all.
+    "LSTMFlipout", "LSTMReparameterization", "GRUFlipout", "GRUReparameterization",
+    "SimpleRNNFlipout", "SimpleRNNReparameterization",
 ]
 
-_register = tf_keras.saving.register_keras_serializable(package="tfp_bnn")
-
-# CPU cost of one standard-normal draw and of one multiply-add, in elementwise-op units
-# (measured with TF 2.21 on 2 cores: ~10 ns per normal, ~1 ns per element, ~0.15 ns per MAC).
-_NORMAL_COST, _MAC_COST = 10.0, 0.15
+_register = bayesian.register
 
 
 def _sample(dist):
     return dist.sample()
 
 
-def _check_kl_weight(kl_weight):
-    try:
-        ok = float(kl_weight) > 0 and math.isfinite(float(kl_weight))
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(f"kl_weight must be a positive number. Received: kl_weight={kl_weight!r}")
-    return float(kl_weight)
-
-
-class BayesianLayer:
-    """Mixin holding what every tfp_bnn Bayesian layer shares: prior, posterior, KL weight."""
-
-    def _bayes_init(self, prior, posterior, kl_weight, use_bias, kernel_initializer,
-                    bias_initializer):
-        self.prior = priors_lib.get(prior)
-        self.posterior = posteriors_lib.get(posterior)
-        self.base_kl_weight = _check_kl_weight(kl_weight)
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = tf_keras.initializers.get(kernel_initializer)
-        self.bias_initializer = tf_keras.initializers.get(bias_initializer)
+class _TFPLayer(BayesianLayer):
+    """What Dense and Conv share: the TFP parent builds the variables and runs the plain call."""
 
     def _tfp_fns(self, use_bias, posterior):
         """Keyword arguments for the TFP parent: bound methods, never lambdas."""
@@ -100,127 +82,49 @@ class BayesianLayer:
 
     def build(self, input_shape):
         super().build(input_shape)
-        self.kl_weight = self.add_weight(
-            name="kl_weight", shape=(), dtype=tf.float32, trainable=False,
-            initializer=tf_keras.initializers.Constant(self.base_kl_weight))
+        self._build_kl_weight()
         self.built = True
 
-    # --- the loss -------------------------------------------------------------------------
-    def kl_divergence(self):
-        """KL(q || p) summed over this layer's Bayesian weights (unweighted; MC for some priors)."""
-        total = self.prior.kl(self.kernel_posterior, self.kernel_prior,
-                              getattr(self, "kernel_posterior_tensor", None))
-        if self.bias_prior is not None:
-            total += self.prior.kl(self.bias_posterior, self.bias_prior,
-                                   getattr(self, "bias_posterior_tensor", None))
-        return total
+    def weight_posteriors(self):
+        parts = [("kernel", self.kernel_posterior, self.kernel_prior)]
+        if self.bias_posterior is not None:
+            parts.append(("bias", self.bias_posterior, self.bias_prior))
+        return parts
 
     def _apply_divergence(self, divergence_fn, posterior, prior, posterior_tensor, name):
-        """Add ``kl_weight * KL`` once per forward pass of the outermost model.
+        # TFP's hook after its plain call: the base adds the KL once per pass.
+        self._add_kl(name, posterior, prior, posterior_tensor)
 
-        A layer shared by two branches is called twice in one pass, but its posterior is one
-        set of weights: the ELBO holds its KL once. Keras clears a layer's call losses at the
-        start of every outermost call (per thread, so per replica under tf.distribute); the
-        loss added earlier in this pass is still in that list, so a later call adds nothing.
-        """
-        if posterior is None or prior is None:
-            return
-        added = getattr(self._thread_local, "tfp_bnn_kl", {})
-        if any(loss is added.get(name) for loss in self._eager_losses):
-            return
-        kl = self.prior.kl(posterior, prior, posterior_tensor)
-        loss = tf.identity(tf.cast(self.kl_weight, kl.dtype) * kl, name=name)
-        self.add_loss(loss)
-        self._thread_local.tfp_bnn_kl = {**added, name: loss}
+    # --- the three calls of the sampling protocol ---------------------------------------------
+    def plain_call(self, inputs, **kwargs):
+        # The TFP parent's call (the class after the protocol mixin in the MRO): one draw per
+        # call (Flipout: signs per example), the KL through _apply_divergence.
+        return super(sampling.StochasticLayer, self).call(inputs)
 
-    # --- forward ----------------------------------------------------------------------------
-    def call(self, inputs):
-        ctx = sampling.current()
-        if ctx is None:
-            return super().call(inputs)
+    def mean_call(self, inputs, **kwargs):
         inputs = tf.convert_to_tensor(inputs, dtype=self.dtype)
-        if ctx.mode == "mean":
-            outputs = self._op(inputs, self.kernel_posterior.distribution.loc)
-            if self.bias_posterior is not None:
-                outputs = self._add_bias(outputs, self._bias_loc())
-            return self._activate(outputs)
-        return self._mc_forward(inputs, ctx)  # activated: a layer may fuse it with its op
+        outputs = self._op(inputs, self._loc("kernel"))
+        if self.bias_posterior is not None:
+            outputs = self._add_bias(outputs, self._loc("bias"))
+        return self._activate(outputs)
+
+    def sample_call(self, inputs, ctx, **kwargs):
+        return self._mc_forward(tf.convert_to_tensor(inputs, dtype=self.dtype), ctx)
 
     def _activate(self, outputs):
         return self.activation(outputs) if self.activation is not None else outputs
 
-    def _kernel_loc(self):
-        return tf.convert_to_tensor(self.kernel_posterior.distribution.loc)
-
-    def _bias_loc(self):
-        return tf.convert_to_tensor(self.bias_posterior.distribution.loc)
-
-    def _has_bias_noise(self):
-        return self.bias_posterior is not None and self.posterior.bayesian_bias
-
-    def posterior_variances(self):
-        """(kernel sigma^2, bias sigma^2 or None): what `sampling.mc_sampling(variances=)` takes."""
-        kernel = tf.square(tf.convert_to_tensor(self.kernel_posterior.distribution.scale))
-        bias = (tf.square(tf.convert_to_tensor(self.bias_posterior.distribution.scale))
-                if self._has_bias_noise() else None)
-        return kernel, bias
-
-    # Scale and variance are built where they are used, inside the branch that needs them, so
-    # a graph computes only one of softplus(rho), softplus(rho)^2 or sqrt(precomputed sigma^2).
-    def _kernel_scale(self, ctx):
-        given = ctx.variances.get(id(self))
-        if given is not None:
-            return tf.sqrt(given[0])
-        return tf.convert_to_tensor(self.kernel_posterior.distribution.scale)
-
-    def _kernel_variance(self, ctx):
-        given = ctx.variances.get(id(self))
-        return given[0] if given is not None else tf.square(self._kernel_scale(ctx))
-
-    def _bias_scale(self, ctx):
-        given = ctx.variances.get(id(self))
-        if given is not None:
-            return tf.sqrt(given[1])
-        return tf.convert_to_tensor(self.bias_posterior.distribution.scale)
-
-    def _bias_variance(self, ctx):
-        given = ctx.variances.get(id(self))
-        return given[1] if given is not None else tf.square(self._bias_scale(ctx))
-
     def _bias_draws(self, ctx, num_samples, dtype, index=None):
         """[S, units] draws of a Bayesian bias."""
-        loc = self._bias_loc()
+        loc = self._loc("bias")
         eps = ctx.normal(tf.stack([num_samples, loc.shape[0]]), dtype, index)
-        return loc + self._bias_scale(ctx) * eps
-
-    def _config_base(self):
-        config = tf_keras.layers.Layer.get_config(self)
-        config.update({
-            "activation": tf_keras.activations.serialize(self.activation),
-            "use_bias": self.use_bias,
-            "kernel_initializer": tf_keras.initializers.serialize(self.kernel_initializer),
-            "bias_initializer": tf_keras.initializers.serialize(self.bias_initializer),
-            "activity_regularizer": tf_keras.regularizers.serialize(self.activity_regularizer)
-            if self.activity_regularizer is not None else None,
-            "prior": priors_lib.serialize(self.prior),
-            "posterior": self.posterior.get_config(),
-            "kl_weight": self.base_kl_weight,
-        })
-        return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        if config.get("activity_regularizer") is not None:
-            config["activity_regularizer"] = tf_keras.regularizers.deserialize(
-                config["activity_regularizer"])
-        return cls(**config)
+        return loc + self._scale("bias", ctx) * eps
 
 
 # ---------------------------------------------------------------------------------------------
 # Dense
 # ---------------------------------------------------------------------------------------------
-class _DenseMixin(BayesianLayer):
+class _DenseMixin(_TFPLayer):
     """Dense-specific constructor, config and vectorised sampling."""
 
     _tfp_kwargs = ()
@@ -228,8 +132,7 @@ class _DenseMixin(BayesianLayer):
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", activity_regularizer=None, prior="normal",
                  posterior=None, kl_weight=1.0, **kwargs):
-        if not isinstance(units, int) or isinstance(units, bool) or units <= 0:
-            raise ValueError(f"units must be a positive integer. Received: units={units!r}")
+        units = options.integer("units", units, minimum=1)
         extra = {k: kwargs.pop(k) for k in self._tfp_kwargs if k in kwargs}
         super().__init__(units=units, activation=activation,
                          activity_regularizer=activity_regularizer,
@@ -247,73 +150,19 @@ class _DenseMixin(BayesianLayer):
     def _mc_forward(self, x, ctx):
         """S samples of ``x W + b`` for sample-major rows ``x``: [S*B, in] or [S*B, ..., in].
 
-        Rank-2 input: either S weight draws [S, in, out] and one batched matmul (S*in*out
-        normals), or output space (local reparameterisation, S*B*out normals): per example
-        exactly N(x mu + mu_b, x^2 sigma^2 + sigma_b^2), examples independent. The layer takes
-        the cheaper one: output space while B < `mc_rows_threshold` (decided at trace time when
-        `sampling.sample_outputs` traced a regime of B, else by a tf.cond). Rank > 2: weight
-        space, so the positions of one example share the kernel.
+        `sampling.gaussian_matmul` takes weight space (S kernel draws, one batched matmul) or
+        output space (local reparameterisation), whichever is cheaper for B rows per sample.
         """
-        s = ctx.num_samples
-        # Fixed draw indices (output space, weight space, bias): a seeded result is the same
-        # whichever path a trace takes (a tf.cond, or a static choice when B is known).
-        index = ctx.next_index(), ctx.next_index(), ctx.next_index()
-        if x.shape.rank != 2:
-            return self._activate(self._weight_space(x, ctx, index))
-        lo, hi = ctx.rows  # static bounds on B from `sampling.sample_outputs`
-        rows, s_static = x.shape[0], s if isinstance(s, int) else tf.get_static_value(s)
-        if rows is not None and s_static is not None:  # eager, or a fully static graph
-            lo, hi = rows // s_static, rows // s_static + 1
-        threshold = self.mc_rows_threshold()
-        if hi is not None and hi <= threshold:
-            return self._activate(self._output_space(x, ctx, index))
-        if lo is not None and lo >= threshold:
-            return self._activate(self._weight_space(x, ctx, index))
-        return self._activate(tf.cond(tf.shape(x)[0] < s * threshold,
-                                      lambda: self._output_space(x, ctx, index),
-                                      lambda: self._weight_space(x, ctx, index)))
+        bias = None
+        if self.bias_posterior is not None:
+            bias = self._gaussian("bias", ctx) if self._has_bias_noise() else self._loc("bias")
+        return self._activate(sampling.gaussian_matmul(x, ctx, self._gaussian("kernel", ctx),
+                                                       bias))
 
     def mc_rows_threshold(self):
-        """Rows per sample B from which weight space is cheaper than output space (rank 2).
-
-        Per sample, output space costs B*out normals, B*in squares and 2*B*in*out multiply-adds;
-        weight space in*out normals, 2*in*out elementwise ops to build the kernel and B*in*out
-        multiply-adds. They cost the same at
-
-            B* = in*out*(c_normal + 2) / (c_normal*out + in + c_mac*in*out)
-
-        (B* is about ``in`` for narrow layers, far below it for wide ones such as a Dense on a
-        flattened image, where the squares and the second matmul dominate).
-        """
-        i, o = self._kernel_loc().shape[0], self.units
-        cost_per_row = _NORMAL_COST * o + i + _MAC_COST * i * o
-        return max(1, math.ceil(i * o * (_NORMAL_COST + 2) / cost_per_row))
-
-    def _output_space(self, x, ctx, index):
-        mean = tf.matmul(x, self._kernel_loc())
-        if self.bias_posterior is not None:
-            mean = tf.nn.bias_add(mean, self._bias_loc())
-        var = tf.matmul(tf.square(x), self._kernel_variance(ctx))
-        if self._has_bias_noise():
-            var = tf.nn.bias_add(var, self._bias_variance(ctx))
-        return mean + tf.sqrt(var) * ctx.normal(tf.shape(mean), x.dtype, index[0])
-
-    def _weight_space(self, x, ctx, index):
-        s = ctx.num_samples
-        loc = self._kernel_loc()
-        in_dim = loc.shape[0]
-        kernel = loc + self._kernel_scale(ctx) * ctx.normal(
-            tf.stack([s, in_dim, self.units]), x.dtype, index[1])
-        out = tf.matmul(tf.reshape(x, tf.stack([s, -1, in_dim])), kernel)  # [S, M, units]
-        if self._has_bias_noise():
-            out = out + self._bias_draws(ctx, s, x.dtype, index[2])[:, tf.newaxis, :]
-        # Back to sample-major rows: [S*B, units], or [S*B, ..., units] for higher rank.
-        lead = ([-1] if x.shape.rank == 2 else
-                [d if d is not None else tf.shape(x)[i] for i, d in enumerate(x.shape[:-1])])
-        out = tf.reshape(out, tf.stack(lead + [self.units]) if len(lead) > 1 else [-1, self.units])
-        if self.bias_posterior is not None and not self._has_bias_noise():
-            out = tf.nn.bias_add(out, self._bias_loc())
-        return out
+        """B from which weight space is cheaper (`sampling.output_space_threshold`)."""
+        return sampling.output_space_threshold(self.kernel_posterior.distribution.loc.shape[0],
+                                               self.units)
 
     def get_config(self):
         config = self._config_base()
@@ -352,7 +201,7 @@ class DenseLocalReparameterization(_DenseMixin, tfp.layers.DenseLocalReparameter
 # ---------------------------------------------------------------------------------------------
 # Convolution
 # ---------------------------------------------------------------------------------------------
-class _ConvMixin(BayesianLayer):
+class _ConvMixin(_TFPLayer):
     """Conv-specific constructor, config and vectorised sampling (S convolutions via map_fn)."""
 
     _rank = None
@@ -364,8 +213,7 @@ class _ConvMixin(BayesianLayer):
                  kernel_initializer="glorot_uniform", bias_initializer="zeros",
                  activity_regularizer=None, prior="normal", posterior=None, kl_weight=1.0,
                  **kwargs):
-        if not isinstance(filters, int) or isinstance(filters, bool) or filters <= 0:
-            raise ValueError(f"filters must be a positive integer. Received: filters={filters!r}")
+        filters = options.integer("filters", filters, minimum=1)
         extra = {k: kwargs.pop(k) for k in self._tfp_kwargs if k in kwargs}
         super().__init__(filters=filters, kernel_size=kernel_size, strides=strides,
                          padding=padding, data_format=data_format, dilation_rate=dilation_rate,
@@ -395,16 +243,16 @@ class _ConvMixin(BayesianLayer):
         rows is no cheaper (it cannot use S kernels). So: tf.map_fn over the S draws.
         """
         s = ctx.num_samples
-        loc = self._kernel_loc()
+        loc = self._loc("kernel")
         shape = tf.shape(x)
         xs = tf.reshape(x, tf.concat([[s, shape[0] // s], shape[1:]], 0))
-        kernels = loc + self._kernel_scale(ctx) * ctx.normal(
+        kernels = loc + self._scale("kernel", ctx) * ctx.normal(
             tf.concat([[s], tf.shape(loc)], 0), x.dtype)
         if self._has_bias_noise():
             biases = self._bias_draws(ctx, s, x.dtype)  # [S, filters]
             elems = (xs, kernels, biases)
         else:
-            bias = self._bias_loc() if self.bias_posterior is not None else None
+            bias = self._loc("bias") if self.bias_posterior is not None else None
             elems = (xs, kernels)
 
         def one_sample(a):
@@ -458,21 +306,3 @@ Convolution1DFlipout, Convolution2DFlipout, Convolution3DFlipout = (
 Convolution1DReparameterization = Conv1DReparameterization
 Convolution2DReparameterization = Conv2DReparameterization
 Convolution3DReparameterization = Conv3DReparameterization
-
-
-def bayesian_layers(model):
-    """Every tfp_bnn Bayesian layer in ``model``, nested models included, in order."""
-    found = []
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, BayesianLayer):
-            found.append(layer)
-    return found
-
-
-# Bayesian recurrent layers live in their own module (tfp_bnn/rnn.py); re-exported here.
-from tfp_bnn.rnn import (  # noqa: E402
-    GRUFlipout, GRUReparameterization, LSTMFlipout, LSTMReparameterization, SimpleRNNFlipout,
-    SimpleRNNReparameterization)
-
-__all__ += ["LSTMFlipout", "LSTMReparameterization", "GRUFlipout", "GRUReparameterization",
-            "SimpleRNNFlipout", "SimpleRNNReparameterization"]

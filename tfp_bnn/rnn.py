@@ -30,10 +30,11 @@ References:
 """
 import threading
 
+from tfp_bnn import options
 from tfp_bnn import posteriors as posteriors_lib
-from tfp_bnn import sampling
 from tfp_bnn._keras import tf, tf_keras, tfp
-from tfp_bnn.layers import BayesianLayer, _register
+from tfp_bnn.bayesian import BayesianLayer
+from tfp_bnn.bayesian import register as _register
 
 __all__ = ["BayesianRNN", "LSTMFlipout", "LSTMReparameterization", "GRUFlipout",
            "GRUReparameterization", "SimpleRNNFlipout", "SimpleRNNReparameterization",
@@ -197,8 +198,7 @@ class BayesianRNN(BayesianLayer, tf_keras.layers.RNN):
                   activity_regularizer, dropout, recurrent_dropout, return_sequences,
                   return_state, go_backwards, stateful, unroll, time_major, prior, posterior,
                   kl_weight, seed, kwargs):
-        if not isinstance(units, int) or isinstance(units, bool) or units <= 0:
-            raise ValueError(f"units must be a positive integer. Received: units={units!r}")
+        units = options.integer("units", units, minimum=1)
         for key, value in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout)):
             if value not in (None, 0):
                 raise ValueError(f"{type(self).__name__} has no dropout (the weight noise replaces "
@@ -271,64 +271,72 @@ class BayesianRNN(BayesianLayer, tf_keras.layers.RNN):
         self.recurrent_kernel_prior = self.prior(dtype, [self.units, n],
                                                  "recurrent_kernel_prior", self.trainable,
                                                  self.add_weight)
-        if self._has_bias_noise():
+        if self.use_bias and post.bayesian_bias:
             self.bias_prior = self.prior(dtype, self._bias_shape(), "bias_prior",
                                          self.trainable, self.add_weight)
         tf_keras.layers.RNN.build(self, input_shape)
-        self.kl_weight = self.add_weight(
-            name="kl_weight", shape=(), dtype=tf.float32, trainable=False,
-            initializer=tf_keras.initializers.Constant(self.base_kl_weight))
+        self._build_kl_weight()
         self.built = True
 
-    # --- the loss -------------------------------------------------------------------------
-    def _posteriors(self):
-        pairs = [(self.kernel_posterior, self.kernel_prior, "kernel"),
-                 (self.recurrent_kernel_posterior, self.recurrent_kernel_prior,
-                  "recurrent_kernel")]
-        if self.bias_prior is not None:
-            pairs.append((self.bias_posterior, self.bias_prior, "bias"))
-        return pairs
+    def weight_posteriors(self):
+        parts = [("kernel", self.kernel_posterior, self.kernel_prior),
+                 ("recurrent_kernel", self.recurrent_kernel_posterior,
+                  self.recurrent_kernel_prior)]
+        if self.bias_posterior is not None:
+            parts.append(("bias", self.bias_posterior, self.bias_prior))
+        return parts
 
-    def kl_divergence(self, samples=None):
-        """KL(q || p) summed over the kernel, recurrent kernel and Bayesian bias (unweighted)."""
-        samples = samples or {}
-        return tf.add_n([self.prior.kl(q, p, samples.get(name))
-                         for q, p, name in self._posteriors()])
+    # --- the draws of one call: the three calls of the sampling protocol --------------------
+    def plain_call(self, inputs, **kwargs):
+        """One draw for the whole call (per sequence, reused at every step), the KL added."""
+        x = tf.nest.flatten(inputs)[0]
+        w_loc, r_loc, b_loc = self._locs()
+        dtype = w_loc.dtype
+        dw = self._scale("kernel") * self._normal(tf.shape(w_loc), dtype)
+        dr = self._scale("recurrent_kernel") * self._normal(tf.shape(r_loc), dtype)
+        b = b_loc
+        if self._has_bias_noise():
+            b = b_loc + self._scale("bias") * self._normal(tf.shape(b_loc), dtype)
+        samples = {"kernel": w_loc + dw, "recurrent_kernel": r_loc + dr, "bias": b}
+        for name, q, p in self.weight_posteriors():
+            self._add_kl(f"{name}_kl_loss", q, p, samples[name])
+        if not self._flipout:
+            draw = _Draw(_Projection(samples["kernel"]),
+                         _Projection(samples["recurrent_kernel"]), b)
+            return self._recur(draw, inputs, **kwargs)
+        batch = tf.shape(x)[1 if self.time_major else 0]
+        n = w_loc.shape[-1]
 
-    def _add_kl(self, samples):
-        for q, p, name in self._posteriors():
-            kl = self.prior.kl(q, p, samples.get(name))
-            self.add_loss(tf.identity(tf.cast(self.kl_weight, kl.dtype) * kl,
-                                      name=f"{name}_kl_loss"))
+        def signs(width):
+            return self._signs(tf.stack([batch, width]), dtype)
 
-    def posterior_variances(self):
-        """(sigma^2 of [W; R] stacked [F + U, k*U], bias sigma^2 or None), for `mc_sampling`."""
-        kernel = tf.concat([tf.square(tf.convert_to_tensor(q.distribution.scale))
-                            for q in (self.kernel_posterior, self.recurrent_kernel_posterior)], 0)
-        bias = (tf.square(tf.convert_to_tensor(self.bias_posterior.distribution.scale))
-                if self._has_bias_noise() else None)
-        return kernel, bias
+        draw = _Draw(_Projection(w_loc, dw, signs(w_loc.shape[0]), signs(n)),
+                     _Projection(r_loc, dr, signs(self.units), signs(n)), b)
+        return self._recur(draw, inputs, **kwargs)
 
-    # --- the draws of one call -------------------------------------------------------------
+    def mean_call(self, inputs, **kwargs):
+        w_loc, r_loc, b_loc = self._locs()
+        return self._recur(_Draw(_Projection(w_loc), _Projection(r_loc), b_loc), inputs,
+                           **kwargs)
+
+    def sample_call(self, inputs, ctx, **kwargs):
+        """S weight sets [S, F, kU], [S, U, kU]: copy s of every sequence uses set s."""
+        w_loc, r_loc, b_loc = self._locs()
+        dtype, s = w_loc.dtype, ctx.num_samples
+        index = ctx.next_index(), ctx.next_index(), ctx.next_index()
+
+        def draw(name, loc, i):
+            eps = ctx.normal(tf.concat([[s], tf.shape(loc)], 0), dtype, index[i])
+            return loc + self._scale(name, ctx) * eps
+
+        w, r = draw("kernel", w_loc, 0), draw("recurrent_kernel", r_loc, 1)
+        b = draw("bias", b_loc, 2) if self._has_bias_noise() else b_loc
+        return self._recur(_Draw(_Projection(w, num_samples=s), _Projection(r, num_samples=s),
+                                 b, num_samples=s), inputs, **kwargs)
+
     def _locs(self):
-        w, r = (tf.convert_to_tensor(q.distribution.loc)
-                for q in (self.kernel_posterior, self.recurrent_kernel_posterior))
-        b = self._bias_loc() if self.bias_posterior is not None else None
-        return w, r, b
-
-    def _scales(self, ctx=None):
-        given = ctx.variances.get(id(self)) if ctx is not None else None
-        if given is not None:
-            kernel = tf.sqrt(given[0])
-            features = self.kernel_posterior.distribution.loc.shape[0]
-            w, r = kernel[:features], kernel[features:]
-            b = tf.sqrt(given[1]) if given[1] is not None else None
-            return w, r, b
-        w, r = (tf.convert_to_tensor(q.distribution.scale)
-                for q in (self.kernel_posterior, self.recurrent_kernel_posterior))
-        b = (tf.convert_to_tensor(self.bias_posterior.distribution.scale)
-             if self._has_bias_noise() else None)
-        return w, r, b
+        b = self._loc("bias") if self.bias_posterior is not None else None
+        return self._loc("kernel"), self._loc("recurrent_kernel"), b
 
     def _normal(self, shape, dtype):
         """eps ~ N(0, 1) for one weight tensor of the plain (training) path."""
@@ -337,42 +345,6 @@ class BayesianRNN(BayesianLayer, tf_keras.layers.RNN):
     def _signs(self, shape, dtype):
         """Rademacher signs of the Flipout path, one row per sequence."""
         return _rademacher(shape, dtype, self.seed)
-
-    def _draw(self, x):
-        ctx = sampling.current()
-        w_loc, r_loc, b_loc = self._locs()
-        dtype = w_loc.dtype
-        if ctx is not None and ctx.mode == "mean":
-            return _Draw(_Projection(w_loc), _Projection(r_loc), b_loc)
-        if ctx is not None:
-            s = ctx.num_samples
-            index = ctx.next_index(), ctx.next_index(), ctx.next_index()
-            w_sd, r_sd, b_sd = self._scales(ctx)
-            w = w_loc + w_sd * ctx.normal(tf.concat([[s], tf.shape(w_loc)], 0), dtype, index[0])
-            r = r_loc + r_sd * ctx.normal(tf.concat([[s], tf.shape(r_loc)], 0), dtype, index[1])
-            b = b_loc
-            if b_sd is not None:
-                b = b_loc + b_sd * ctx.normal(tf.concat([[s], tf.shape(b_loc)], 0), dtype,
-                                              index[2])
-            return _Draw(_Projection(w, num_samples=s), _Projection(r, num_samples=s), b,
-                         num_samples=s)
-        w_sd, r_sd, b_sd = self._scales()
-        dw = w_sd * self._normal(tf.shape(w_loc), dtype)
-        dr = r_sd * self._normal(tf.shape(r_loc), dtype)
-        b = b_loc if b_sd is None else b_loc + b_sd * self._normal(tf.shape(b_loc), dtype)
-        samples = {"kernel": w_loc + dw, "recurrent_kernel": r_loc + dr, "bias": b}
-        self._add_kl(samples)
-        if not self._flipout:
-            return _Draw(_Projection(samples["kernel"]), _Projection(samples["recurrent_kernel"]),
-                         b)
-        batch = tf.shape(x)[1 if self.time_major else 0]
-        n = w_loc.shape[-1]
-
-        def signs(width):
-            return self._signs(tf.stack([batch, width]), dtype)
-
-        return _Draw(_Projection(w_loc, dw, signs(w_loc.shape[0]), signs(n)),
-                     _Projection(r_loc, dr, signs(self.units), signs(n)), b)
 
     # --- forward ----------------------------------------------------------------------------
     def call(self, inputs, mask=None, training=None, initial_state=None, constants=None):
@@ -383,8 +355,12 @@ class BayesianRNN(BayesianLayer, tf_keras.layers.RNN):
         if isinstance(x, tf.RaggedTensor):
             raise ValueError(f"{type(self).__name__} needs dense, padded input (use a mask for "
                              f"ragged sequences). Received: a RaggedTensor {x!r}")
-        draw = self._draw(x)
-        x = tf.cast(x, draw.h.kernel.dtype)
+        # The protocol's dispatch: plain_call, mean_call or sample_call, each a draw + _recur.
+        return super().call(inputs, mask=mask, training=training, initial_state=initial_state)
+
+    def _recur(self, draw, inputs, mask=None, training=None, initial_state=None):
+        """tf_keras's RNN loop over the inputs projected once by ``draw``'s input kernel."""
+        x = tf.cast(tf.nest.flatten(inputs)[0], draw.h.kernel.dtype)
         if self.time_major:
             projected = tf.transpose(draw.project_inputs(
                 tf.transpose(x, [1, 0, 2]), self._kind, self.reset_after), [1, 0, 2])
@@ -530,17 +506,5 @@ def keras_options(kind, config):
 
 
 def init_from_weights(layer, weights, posterior):
-    """Posterior means from a Keras RNN's [kernel, recurrent_kernel, bias] (MOPED scales too)."""
-    parts = [layer.kernel_posterior, layer.recurrent_kernel_posterior]
-    if layer.use_bias:
-        parts.append(layer.bias_posterior)
-    if len(weights) != len(parts):
-        raise ValueError(f"Layer {layer.name!r} expects {len(parts)} source weights "
-                         f"(kernel, recurrent_kernel{', bias' if layer.use_bias else ''}). "
-                         f"Received: {len(weights)} arrays")
-    for i, (q, w) in enumerate(zip(parts, weights)):
-        dist = q.distribution
-        dist.loc.assign(w)
-        if i < 2 or posterior.bayesian_bias:
-            rho = posteriors_lib.inverse_softplus(posterior.scale_for(w))
-            dist.scale.pretransformed_input.assign(rho.astype(w.dtype))
+    """`BayesianLayer.init_from_weights` (kept for callers of this module's function)."""
+    return layer.init_from_weights(weights, posterior)

@@ -1,30 +1,45 @@
-"""Vectorised Monte Carlo through a whole model: S weight draws in one graph.
+"""The stochastic-layer protocol and vectorised Monte Carlo through a whole model.
+
+Every layer whose output is random at inference (the Bayesian Dense/Conv/RNN layers, MC
+dropout, ensemble members, SWAG, Laplace) is a `StochasticLayer`: its ``call`` reads the active
+`Context` and dispatches on its `Mode`:
+
+    no context  -> plain_call(inputs)         an ordinary Keras call (training: one draw)
+    Mode.MEAN   -> mean_call(inputs)          the posterior mean, deterministic
+    Mode.SAMPLE -> sample_call(inputs, ctx)   S draws over S sample-major copies [S*B, ...]
 
 The input batch is tiled sample-major to ``[S*B, ...]`` and the model is called once inside
-`mc_sampling(S)`. Each Bayesian layer sees the context and draws S independent weight sets (or,
-for a Dense layer on a flat batch, samples its pre-activations in output space when that needs
-fewer random numbers; both give exact per-example samples). Layers that are not Bayesian act on
-the ``S*B`` rows as on any batch, so dropout masks are independent per copy and batch norm uses
-its moving statistics. The result is reshaped to ``[S, B, ...]``.
+`mc_sampling(S)`; the result is reshaped to ``[S, B, ...]``:
 
     y_s = f(x; w_s),  w_s ~ q(w) independently for s = 1..S
 
-With ``mode="mean"`` the layers use the posterior means (the cheap deterministic path).
+Layers that are not stochastic act on the ``S*B`` rows as on any batch (batch norm uses its
+moving statistics). Why not simply tile the batch through the layers as they are: a
+DenseReparameterization layer draws one kernel per call, so all S copies would share it
+(variance exactly zero), and Flipout copies are only pseudo-independent.
 
-Why not simply tile the batch through the layers as they are: a DenseReparameterization layer
-draws one kernel per call, so all S copies would share it (variance exactly zero), and Flipout
-copies are only pseudo-independent.
+A layer declares what `sample_outputs` needs to know through the protocol, never through
+ad-hoc attributes: `StochasticLayer.mc_single_trace` and `StochasticLayer.mc_rows_threshold`.
+Every Gaussian matmul (VI Dense, SWAG) samples through `gaussian_matmul`, which makes the one
+output-space / weight-space choice.
 
-``variances`` lets a caller hand the layers posterior variances computed once (the SavedModel
-export stores sigma^2 instead of the softplus parameter, so a served call skips the softplus).
+Example:
+    >>> with mc_sampling(10, seed=tf.constant([0, 1], tf.int64)):
+    ...     y = model(tf.tile(x, [10, 1]))          # [10 * B, ...], reproducible
+    >>> is_stochastic(model), [l.name for l in stochastic_layers(model)]
 """
 import contextlib
 import functools
+import math
 import threading
 
+from tfp_bnn import options
 from tfp_bnn._keras import tf
+from tfp_bnn.options import Mode
 
-__all__ = ["mc_sampling", "current", "sample_outputs", "mean_outputs", "FRESH"]
+__all__ = ["Mode", "Context", "StochasticLayer", "Gaussian", "mc_sampling", "current",
+           "stochastic_layers", "is_stochastic", "output_space_threshold", "gaussian_matmul",
+           "sample_outputs", "mean_outputs", "FRESH"]
 
 _STATE = threading.local()
 
@@ -33,15 +48,25 @@ _STATE = threading.local()
 FRESH = "fresh"
 
 
-class _Context:
-    def __init__(self, num_samples, seed, mode, variances=None, rows=(None, None)):
+class Context:
+    """What the stochastic layers of one model call compute (see `mc_sampling`).
+
+    Attributes:
+        num_samples: S, a Python int or a scalar int32 tensor.
+        seed: None, an int64 [2] tensor (stateless draws) or `FRESH`.
+        mode: `Mode.SAMPLE` or `Mode.MEAN`.
+        variances: ``{id(layer): (kernel variance, bias variance or None)}``: sigma^2 computed
+            once by the caller (the export), used instead of the layers' softplus(rho)^2.
+        rows: static bounds ``(lo, hi)``, lo <= B < hi, on the rows per sample (None: unknown):
+            a layer whose best code path depends on B decides at trace time when they settle it.
+    """
+
+    def __init__(self, num_samples, seed=None, mode=Mode.SAMPLE, variances=None,
+                 rows=(None, None)):
         self.num_samples = num_samples
         self.seed = seed
-        self.mode = mode
-        # {id(layer): (kernel variance, bias variance or None)}: precomputed sigma^2 (export).
+        self.mode = options.choice("mode", mode, Mode)
         self.variances = variances or {}
-        # Static bounds [lo, hi) on B, the rows per sample (None: unknown): a layer whose best
-        # code path depends on B decides at trace time when the bounds settle it.
         self.rows = rows
         self._draws = 0
 
@@ -67,21 +92,22 @@ class _Context:
 
 
 @contextlib.contextmanager
-def mc_sampling(num_samples, seed=None, mode="sample", variances=None, rows=(None, None)):
-    """Within this context Bayesian layers treat their input as S sample-major copies.
+def mc_sampling(num_samples, seed=None, mode=Mode.SAMPLE, variances=None, rows=(None, None)):
+    """Within this context stochastic layers treat their input as S sample-major copies.
 
     Args:
         num_samples: S, a Python int or a scalar int32 tensor.
         seed: None (tf.random.normal's seeding), an int64 tensor of shape [2] for stateless,
             reproducible draws, or `FRESH`.
-        mode: "sample" (S posterior draws) or "mean" (posterior means, S is ignored).
+        mode: `Mode.SAMPLE` / "sample" (S posterior draws) or `Mode.MEAN` / "mean" (posterior
+            means, S is ignored).
         variances: optional ``{layer: (kernel_variance, bias_variance_or_None)}`` posterior
             variances to use instead of the layers' softplus(rho)^2.
         rows: static bounds ``(lo, hi)`` with lo <= B < hi on the rows per sample, if known.
     """
     previous = getattr(_STATE, "ctx", None)
-    _STATE.ctx = _Context(num_samples, seed, mode,
-                          {id(k): v for k, v in (variances or {}).items()}, rows)
+    _STATE.ctx = Context(num_samples, seed, mode,
+                         {id(k): v for k, v in (variances or {}).items()}, rows)
     try:
         yield _STATE.ctx
     finally:
@@ -89,10 +115,203 @@ def mc_sampling(num_samples, seed=None, mode="sample", variances=None, rows=(Non
 
 
 def current():
-    """The active `_Context`, or None outside `mc_sampling`."""
+    """The active `Context`, or None outside `mc_sampling`."""
     return getattr(_STATE, "ctx", None)
 
 
+class StochasticLayer:
+    """Mixin of every layer whose output is random at inference; put it first in the bases.
+
+    ``call`` dispatches on the active `Context` to one of three methods a layer implements:
+
+    * ``plain_call(inputs, **kwargs)``: no context, an ordinary Keras call;
+    * ``mean_call(inputs, **kwargs)``: `Mode.MEAN`, the posterior mean (deterministic);
+    * ``sample_call(inputs, ctx, **kwargs)``: `Mode.SAMPLE`, ``inputs`` holds S sample-major
+      copies of the batch and copy s sees the s-th independent draw.
+
+    ``kwargs`` are what Keras passes the call (``training``, ``mask``, an RNN's
+    ``initial_state``). Capabilities `sample_outputs` reads are declared here, with defaults.
+    """
+
+    # A layer whose MC graph is a loop (a convolution's map_fn, an RNN's while loop) is large in a
+    # SavedModel and costs more than a per-layer tf.cond: the model is traced once, not per
+    # regime of B.
+    mc_single_trace = False
+
+    def mc_rows_threshold(self):
+        """Rows per sample B at which this layer's sampling code path switches, or None."""
+        return None
+
+    def call(self, inputs, *args, **kwargs):
+        ctx = current()
+        if ctx is None:
+            return self.plain_call(inputs, *args, **kwargs)
+        if ctx.mode is Mode.MEAN:
+            return self.mean_call(inputs, *args, **kwargs)
+        return self.sample_call(inputs, ctx, *args, **kwargs)
+
+    def plain_call(self, inputs, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} must implement plain_call")
+
+    def mean_call(self, inputs, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} must implement mean_call")
+
+    def sample_call(self, inputs, ctx, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} must implement sample_call")
+
+
+def stochastic_layers(model):
+    """Every `StochasticLayer` in ``model``, nested models included, in order."""
+    return [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+            if isinstance(layer, StochasticLayer)]
+
+
+def is_stochastic(model):
+    """Whether ``model`` has a layer whose output is random at inference."""
+    return bool(stochastic_layers(model))
+
+
+# ---------------------------------------------------------------------------------------------
+# Gaussian matmuls: output space or weight space
+# ---------------------------------------------------------------------------------------------
+# CPU cost of one standard-normal draw and of one multiply-add, in elementwise-op units
+# (measured with TF 2.21 on 2 cores: ~10 ns per normal, ~1 ns per element, ~0.15 ns per MAC).
+_NORMAL_COST, _MAC_COST = 10.0, 0.15
+
+
+def output_space_threshold(in_dim, out_dim):
+    """Rows per sample B from which weight space is cheaper than output space.
+
+    Per sample, output space costs B*out normals, B*in squares and 2*B*in*out multiply-adds;
+    weight space in*out normals, 2*in*out elementwise ops to build the kernel and B*in*out
+    multiply-adds. They cost the same at
+
+        B* = in*out*(c_normal + 2) / (c_normal*out + in + c_mac*in*out)
+
+    (B* is about ``in`` for narrow layers, far below it for wide ones such as a Dense on a
+    flattened image, where the squares and the second matmul dominate).
+    """
+    cost_per_row = _NORMAL_COST * out_dim + in_dim + _MAC_COST * in_dim * out_dim
+    return max(1, math.ceil(in_dim * out_dim * (_NORMAL_COST + 2) / cost_per_row))
+
+
+class Gaussian:
+    """A weight tensor ``W_s = loc + shift_s + scale * E``, ``E ~ N(0, I)`` per sample s.
+
+    Args:
+        loc: the mean, [in, out] (a kernel) or [out] (a bias).
+        scale: a callable returning sigma (same shape as ``loc``), or None (no noise).
+        variance: a callable returning sigma^2; defaults to ``scale()^2``. Callables, so that
+            a graph builds only the one the chosen code path uses.
+        shift: an optional per-sample offset [S, *loc.shape] (SWAG's low-rank term).
+    """
+
+    def __init__(self, loc, scale=None, variance=None, shift=None):
+        self.loc, self.shift = loc, shift
+        self.scale = scale
+        self.variance = variance or (lambda: tf.square(scale()))
+
+
+def _per_sample(y, num_samples, add):
+    """``y`` [S*M, out] plus ``add`` [S, out] (one row per sample), back as [S*M, out]."""
+    out = y.shape[-1]
+    return tf.reshape(tf.reshape(y, tf.stack([num_samples, -1, out])) + add[:, tf.newaxis, :],
+                      [-1, out])
+
+
+def gaussian_matmul(x, ctx, kernel, bias=None):
+    """S samples of ``x W_s + b_s`` for the sample-major rows of ``x``: [S*B, in] -> [S*B, out].
+
+    Two exact ways, chosen by cost (`output_space_threshold`) for rank-2 ``x``:
+
+        weight space:  W_s = loc + shift_s + sigma * E_s, one [in, out] draw per sample
+        output space:  x W_s ~ N(x (loc + shift_s), x^2 sigma^2 + sigma_b^2) per row (local
+                       reparameterisation: every example its own draw, examples independent)
+
+    The choice is static when ``x``'s batch or ``ctx.rows`` settle it, else a tf.cond. Rank > 2
+    (``[S*B, ..., in]``) always takes weight space: the positions of one example share a kernel.
+    The draw indices are reserved before the choice, so a seeded result does not depend on the
+    path a trace took.
+
+    Args:
+        x: sample-major inputs.
+        ctx: the active `Context` (SAMPLE mode).
+        kernel: `Gaussian` [in, out].
+        bias: None, a deterministic [out] tensor, or a `Gaussian` [out].
+
+    Returns:
+        The pre-activations ``[S*B, ..., out]``.
+    """
+    index = ctx.next_index(), ctx.next_index(), ctx.next_index()
+    if x.shape.rank != 2:
+        return _weight_space(x, ctx, kernel, bias, index)
+    in_dim, out_dim = kernel.loc.shape
+    s = ctx.num_samples
+    lo, hi = ctx.rows
+    rows, s_static = x.shape[0], s if isinstance(s, int) else tf.get_static_value(s)
+    if rows is not None and s_static is not None:  # eager, or a fully static graph
+        lo, hi = rows // s_static, rows // s_static + 1
+    threshold = output_space_threshold(in_dim, out_dim)
+    if hi is not None and hi <= threshold:
+        return _output_space(x, ctx, kernel, bias, index)
+    if lo is not None and lo >= threshold:
+        return _weight_space(x, ctx, kernel, bias, index)
+    return tf.cond(tf.shape(x)[0] < s * threshold,
+                   lambda: _output_space(x, ctx, kernel, bias, index),
+                   lambda: _weight_space(x, ctx, kernel, bias, index))
+
+
+def _output_space(x, ctx, kernel, bias, index):
+    s = ctx.num_samples
+    mean = tf.matmul(x, kernel.loc)
+    if kernel.shift is not None:
+        in_dim, out_dim = kernel.loc.shape
+        mean += tf.reshape(tf.matmul(tf.reshape(x, tf.stack([s, -1, in_dim])), kernel.shift),
+                           [-1, out_dim])
+    var = tf.matmul(tf.square(x), kernel.variance())
+    noisy_bias = isinstance(bias, Gaussian) and bias.scale is not None
+    if noisy_bias:
+        var = tf.nn.bias_add(var, bias.variance())
+    out = mean + tf.sqrt(var) * ctx.normal(tf.shape(mean), x.dtype, index[0])
+    # The bias comes last, as a BiasAdd after the noise: MatMul + BiasAdd + AddV2 + Relu is a
+    # pattern Grappler's remapper fuses into a node it cannot build on CPU (TF 2.21: "Node ...
+    # has an empty op name", and the whole function goes unoptimised).
+    if isinstance(bias, Gaussian):
+        out = tf.nn.bias_add(out, bias.loc)
+        if bias.shift is not None:
+            out = _per_sample(out, s, bias.shift)
+    elif bias is not None:
+        out = tf.nn.bias_add(out, bias)
+    return out
+
+
+def _weight_space(x, ctx, kernel, bias, index):
+    s = ctx.num_samples
+    in_dim, out_dim = kernel.loc.shape
+    w = kernel.loc + kernel.scale() * ctx.normal(tf.stack([s, in_dim, out_dim]), x.dtype,
+                                                  index[1])
+    if kernel.shift is not None:
+        w += kernel.shift
+    out = tf.matmul(tf.reshape(x, tf.stack([s, -1, in_dim])), w)  # [S, M, out]
+    if isinstance(bias, Gaussian):
+        b = bias.loc
+        if bias.scale is not None:
+            b = b + bias.scale() * ctx.normal(tf.stack([s, out_dim]), x.dtype, index[2])
+        if bias.shift is not None:
+            b = b + bias.shift
+        out += b[:, tf.newaxis, :] if b.shape.rank == 2 else b
+    # Back to sample-major rows: [S*B, out], or [S*B, ..., out] for higher rank.
+    lead = ([-1] if x.shape.rank == 2 else
+            [d if d is not None else tf.shape(x)[i] for i, d in enumerate(x.shape[:-1])])
+    out = tf.reshape(out, tf.stack(lead + [out_dim]) if len(lead) > 1 else [-1, out_dim])
+    if bias is not None and not isinstance(bias, Gaussian):
+        out = tf.nn.bias_add(out, bias)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole-model sampling
+# ---------------------------------------------------------------------------------------------
 def _tile(x, num_samples):
     # Static multiples when the rank is known: no Rank/Fill/Concat ops in a served graph.
     if x.shape.rank is not None:
@@ -114,18 +333,15 @@ MAX_REGIMES = 4
 
 
 def _row_thresholds(model):
-    """Sorted batch sizes at which some layer switches its sampling code path.
-
-    Empty when a layer asks for a single trace (``mc_single_trace``: a convolution's loop is
-    large in a SavedModel and its cost dwarfs a per-layer tf.cond).
-    """
+    """Sorted batch sizes at which some layer switches its sampling code path (none when a layer
+    asks for a single trace)."""
     found = set()
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if getattr(layer, "mc_single_trace", False):
+    for layer in stochastic_layers(model):
+        if layer.mc_single_trace:
             return []
-        threshold = getattr(layer, "mc_rows_threshold", None)
-        if callable(threshold) and threshold() is not None:
-            found.add(int(threshold()))
+        threshold = layer.mc_rows_threshold()
+        if threshold is not None:
+            found.add(int(threshold))
     return sorted(found)
 
 
@@ -137,15 +353,15 @@ def sample_outputs(model, inputs, num_samples, seed=None, variances=None):
     `mc_sampling`.
 
     When B is not static and some layer's best path depends on it (a Dense layer samples in
-    output space while B < its input width), the model is traced once per regime of B and one
-    ``tf.switch_case`` picks the regime: one branch op per call instead of a tf.cond per layer
-    (the conds cost more than the layers themselves at batch 1 on a CPU).
+    output space while B < its `StochasticLayer.mc_rows_threshold`), the model is traced once
+    per regime of B and one ``tf.switch_case`` picks the regime: one branch op per call instead
+    of a tf.cond per layer (the conds cost more than the layers themselves at batch 1 on a CPU).
     """
     inputs = tf.nest.map_structure(tf.convert_to_tensor, inputs)
     tiled = tf.nest.map_structure(lambda t: _tile(t, num_samples), inputs)
 
     def run(rows):
-        with mc_sampling(num_samples, seed, "sample", variances, rows):
+        with mc_sampling(num_samples, seed, Mode.SAMPLE, variances, rows):
             outputs = model(tiled, training=False)
         return tf.nest.map_structure(lambda t: _split(t, num_samples), outputs)
 
@@ -163,6 +379,6 @@ def sample_outputs(model, inputs, num_samples, seed=None, variances=None):
 
 
 def mean_outputs(model, inputs):
-    """One pass with every Bayesian layer at its posterior mean."""
-    with mc_sampling(1, None, "mean"):
+    """One pass with every stochastic layer at its posterior mean."""
+    with mc_sampling(1, None, Mode.MEAN):
         return model(inputs, training=False)

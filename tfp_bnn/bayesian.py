@@ -1,0 +1,224 @@
+"""The base of every tfp_bnn Bayesian layer: prior, posterior, kl_weight, the KL, config, init.
+
+A layer kind (Dense and Conv in `tfp_bnn.layers`, LSTM/GRU/SimpleRNN in `tfp_bnn.rnn`, and any
+added later) lists its weight tensors in `BayesianLayer.weight_posteriors` and adds only its
+math (the three calls of the `tfp_bnn.sampling.StochasticLayer` protocol). The base owns:
+
+    q(w) = prod_i N(w_i; mu_i, softplus(rho_i)^2)     (`tfp_bnn.posteriors.MeanField`)
+    p(w)                                              (`tfp_bnn.priors`)
+    add_loss(kl_weight * KL(q || p))   once per weight tensor and forward pass of the outermost
+                                       model, however often the layer is called in that pass
+
+* ``prior`` and ``posterior`` resolved from a string, dict or instance;
+* ``kl_weight``, a non-trainable variable of the layer (saved with it; callbacks anneal it);
+* ``get_config`` of plain numbers and strings, and ``from_config``;
+* `BayesianLayer.init_from_weights`: posterior means from a trained deterministic layer's
+  weights, scales from ``init_scale`` or MOPED's ``delta * |w|``;
+* `BayesianLayer.posterior_variances`, what the SavedModel export precomputes.
+
+Example:
+    >>> layer = tfp_bnn.layers.DenseFlipout(3, kl_weight=1 / 120)
+    >>> layer.init_from_weights(keras_dense.get_weights(), MeanField(moped_delta=0.1))
+
+References:
+    Blundell et al., "Weight Uncertainty in Neural Networks", ICML 2015.
+    Krishnan et al., "Specifying Weight Priors in Bayesian Deep Neural Networks with Empirical
+    Bayes" (MOPED), AAAI 2020.
+"""
+from tfp_bnn import options
+from tfp_bnn import posteriors as posteriors_lib
+from tfp_bnn import priors as priors_lib
+from tfp_bnn import sampling
+from tfp_bnn._keras import tf, tf_keras, tfd
+
+__all__ = ["BayesianLayer", "bayesian_layers", "register"]
+
+# Registered names stay "tfp_bnn>ClassName": saved .keras files name the classes that way.
+register = tf_keras.saving.register_keras_serializable(package="tfp_bnn")
+
+
+class BayesianLayer(sampling.StochasticLayer):
+    """Mixin of every tfp_bnn Bayesian layer (see the module docstring); first in the bases.
+
+    A subclass calls `_bayes_init` in its constructor and `_build_kl_weight` at the end of its
+    ``build``, implements `weight_posteriors`, and adds each KL through `_add_kl`.
+    """
+
+    def _bayes_init(self, prior, posterior, kl_weight, use_bias, kernel_initializer,
+                    bias_initializer):
+        self.prior = priors_lib.get(prior)
+        self.posterior = posteriors_lib.get(posterior)
+        self.base_kl_weight = options.number("kl_weight", kl_weight, 0.0, strict=True)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = tf_keras.initializers.get(kernel_initializer)
+        self.bias_initializer = tf_keras.initializers.get(bias_initializer)
+
+    def _build_kl_weight(self):
+        self.kl_weight = self.add_weight(
+            name="kl_weight", shape=(), dtype=tf.float32, trainable=False,
+            initializer=tf_keras.initializers.Constant(self.base_kl_weight))
+
+    def weight_posteriors(self):
+        """``[(name, q, p or None)]`` for every weight tensor, in the order of the deterministic
+        layer's ``get_weights()`` (kernel first, bias last); ``p`` is None for a point-estimate
+        (deterministic) bias."""
+        raise NotImplementedError(f"{type(self).__name__} must list its weight posteriors")
+
+    # --- the loss -------------------------------------------------------------------------
+    def kl_divergence(self, samples=None):
+        """KL(q || p) summed over the Bayesian weight tensors (unweighted).
+
+        ``samples``: ``{name: w}`` draws for priors without a closed form (one-sample MC).
+        """
+        samples = samples or {}
+        return tf.add_n([self.prior.kl(q, p, samples.get(name))
+                         for name, q, p in self.weight_posteriors() if p is not None])
+
+    def _add_kl(self, name, posterior, prior, sample=None):
+        """Add ``kl_weight * KL(q || p)`` of one weight tensor once per forward pass.
+
+        A layer shared by two branches is called twice in one pass, but its posterior is one
+        set of weights: the ELBO holds its KL once. Keras clears a layer's call losses at the
+        start of every outermost call (per thread, so per replica under tf.distribute); the
+        loss added earlier in this pass is still in that list, so a later call adds nothing.
+        """
+        if posterior is None or prior is None:
+            return
+        added = getattr(self._thread_local, "tfp_bnn_kl", {})
+        if any(loss is added.get(name) for loss in self._eager_losses):
+            return
+        kl = self.prior.kl(posterior, prior, sample)
+        loss = tf.identity(tf.cast(self.kl_weight, kl.dtype) * kl, name=name)
+        self.add_loss(loss)
+        self._thread_local.tfp_bnn_kl = {**added, name: loss}
+
+    # --- posterior parameters ---------------------------------------------------------------
+    def _bias_posterior(self):
+        found = [q for name, q, _ in self.weight_posteriors() if name == "bias"]
+        return found[0] if found else None
+
+    def _has_bias_noise(self):
+        bias = self._bias_posterior()
+        return bias is not None and isinstance(bias.distribution, tfd.Normal)
+
+    def _kernels(self):
+        return [(name, q) for name, q, _ in self.weight_posteriors() if name != "bias"]
+
+    def posterior_variances(self):
+        """(sigma^2 of the kernels stacked on axis 0, bias sigma^2 or None).
+
+        What `sampling.mc_sampling(variances=)` takes: one Dense or Conv kernel as it is, an
+        RNN's input and recurrent kernels as ``[F + U, k*U]``.
+        """
+        kernels = [tf.square(tf.convert_to_tensor(q.distribution.scale))
+                   for _, q in self._kernels()]
+        bias = (tf.square(tf.convert_to_tensor(self._bias_posterior().distribution.scale))
+                if self._has_bias_noise() else None)
+        return (kernels[0] if len(kernels) == 1 else tf.concat(kernels, 0)), bias
+
+    def _given_variance(self, name, ctx):
+        """sigma^2 of weight tensor ``name`` handed in by ``ctx.variances``, or None."""
+        given = ctx.variances.get(id(self)) if ctx is not None else None
+        if given is None:
+            return None
+        if name == "bias":
+            return given[1]
+        kernels = self._kernels()
+        if len(kernels) == 1:
+            return given[0]
+        start = 0
+        for other, q in kernels:
+            rows = q.distribution.loc.shape[0]
+            if other == name:
+                return given[0][start:start + rows]
+            start += rows
+        raise KeyError(name)
+
+    def _loc(self, name):
+        return tf.convert_to_tensor(self._posterior(name).distribution.loc)
+
+    def _scale(self, name, ctx=None):
+        """sigma of one weight tensor: sqrt of a handed-in variance, else softplus(rho)."""
+        given = self._given_variance(name, ctx)
+        if given is not None:
+            return tf.sqrt(given)
+        return tf.convert_to_tensor(self._posterior(name).distribution.scale)
+
+    def _variance(self, name, ctx=None):
+        given = self._given_variance(name, ctx)
+        return given if given is not None else tf.square(self._scale(name))
+
+    def _gaussian(self, name, ctx):
+        """`sampling.Gaussian` of one tensor: sigma and sigma^2 built only where used."""
+        return sampling.Gaussian(self._loc(name), lambda: self._scale(name, ctx),
+                                 lambda: self._variance(name, ctx))
+
+    def _posterior(self, name):
+        for other, q, _ in self.weight_posteriors():
+            if other == name:
+                return q
+        raise KeyError(name)
+
+    # --- init from trained weights ----------------------------------------------------------
+    def init_from_weights(self, weights, posterior=None):
+        """Posterior means from a deterministic layer's ``get_weights()``; scales per posterior.
+
+            mu = w,   sigma = moped_delta * |w|  (MOPED)  or  init_scale
+
+        The layer must be built. Only Normal posteriors get a scale (a deterministic bias keeps
+        just its value).
+
+        Args:
+            weights: arrays in the order of `weight_posteriors` (Keras' kernel[, recurrent
+                kernel][, bias]).
+            posterior: the `tfp_bnn.posteriors.MeanField` whose scales to use; default the
+                layer's own.
+
+        Example:
+            >>> bayes.init_from_weights(dense.get_weights(), MeanField(moped_delta=0.1))
+        """
+        posterior = self.posterior if posterior is None else posteriors_lib.get(posterior)
+        parts = self.weight_posteriors()
+        if len(weights) != len(parts):
+            raise ValueError(f"Layer {self.name!r} expects {len(parts)} source weights "
+                             f"({', '.join(name for name, _, _ in parts)}). "
+                             f"Received: {len(weights)} arrays")
+        for (name, q, _), w in zip(parts, weights):
+            dist = q.distribution
+            if tuple(dist.loc.shape) != tuple(w.shape):
+                raise ValueError(f"Layer {self.name!r}: {name} has shape {tuple(dist.loc.shape)}. "
+                                 f"Received: an array of shape {tuple(w.shape)}")
+            dist.loc.assign(w)
+            if isinstance(dist, tfd.Normal):
+                rho = posteriors_lib.inverse_softplus(posterior.scale_for(w))
+                dist.scale.pretransformed_input.assign(rho.astype(dist.loc.dtype.as_numpy_dtype))
+
+    # --- config -------------------------------------------------------------------------------
+    def _config_base(self):
+        config = tf_keras.layers.Layer.get_config(self)
+        config.update({
+            "activation": tf_keras.activations.serialize(self.activation),
+            "use_bias": self.use_bias,
+            "kernel_initializer": tf_keras.initializers.serialize(self.kernel_initializer),
+            "bias_initializer": tf_keras.initializers.serialize(self.bias_initializer),
+            "activity_regularizer": tf_keras.regularizers.serialize(self.activity_regularizer)
+            if self.activity_regularizer is not None else None,
+            "prior": priors_lib.serialize(self.prior),
+            "posterior": self.posterior.get_config(),
+            "kl_weight": self.base_kl_weight,
+        })
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if config.get("activity_regularizer") is not None:
+            config["activity_regularizer"] = tf_keras.regularizers.deserialize(
+                config["activity_regularizer"])
+        return cls(**config)
+
+
+def bayesian_layers(model):
+    """Every tfp_bnn Bayesian layer in ``model``, nested models included, in order."""
+    return [layer for layer in sampling.stochastic_layers(model)
+            if isinstance(layer, BayesianLayer)]
