@@ -148,7 +148,7 @@ def test_student_approaches_teacher(teacher):
     # The plain student is an ordinary deterministic model for tfp_bnn.predict.
     with pytest.warns(UserWarning, match="no stochastic layer"):
         pred = tfp_bnn.predict(student, x, num_samples=4, verbose=0)
-    np.testing.assert_array_equal(pred.variance, 0.0)
+    np.testing.assert_array_equal(pred.logit_variance, 0.0)
     np.testing.assert_array_equal(pred.mutual_information, 0.0)
     np.testing.assert_allclose(pred.probabilities, result.predict(x).probabilities, atol=1e-6)
 
@@ -164,7 +164,7 @@ def test_uncertainty_head_regresses_teacher_mi(teacher):
     assert result.history["mi_mse"][-1] < 0.3 * np.var(mi)  # far better than a constant
     # predict: one pass, MI = min(head, H), H = expected + MI; the student alone has no head.
     pred = result.predict(x, batch_size=64)
-    assert pred.num_samples == 1 and pred.variance is None
+    assert pred.num_samples == 1 and pred.logit_variance is None
     np.testing.assert_allclose(pred.mutual_information,
                                np.minimum(m, pred.predictive_entropy), rtol=1e-6)
     np.testing.assert_allclose(pred.predictive_entropy,
@@ -253,8 +253,10 @@ def test_bad_models_and_inputs(teacher):
     sharing = tf_keras.Sequential([tf_keras.Input((4,))] + det.layers)
     with pytest.raises(ValueError, match="must not share variables with teacher"):
         distill(det, sharing, x)
+    regression = _mlp(units=1, seed=2)
+    regression.compile(loss="mse")
     with pytest.raises(ValueError, match="teacher must be a classifier.*'regression'"):
-        distill(_mlp(units=1, seed=2), _mlp(units=1, seed=1), x)
+        distill(regression, _mlp(units=1, seed=1), x)
     with pytest.raises(ValueError, match="student must output logits"):
         distill(teacher, _mlp(seed=1, activation="softmax"), x)
     with pytest.raises(ValueError, match="student must be deterministic"):

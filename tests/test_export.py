@@ -162,10 +162,10 @@ def test_serving_default_agrees_with_predict_within_mc_error(bnn, loaded, batch)
     mean = np.mean([c["mean_logits"] for c in calls], axis=0)
     var = np.mean([c["variance"] for c in calls], axis=0) * NUM_SAMPLES / (NUM_SAMPLES - 1)
     # The posterior spread is wide: the test could fail (the spread dwarfs float error).
-    assert (np.sqrt(ref.variance) > 0.1).all()
-    z = (mean - ref.mean_logits) / np.sqrt(var / n + ref.variance / 4000)
+    assert (np.sqrt(ref.logit_variance) > 0.1).all()
+    z = (mean - ref.mean_logits) / np.sqrt(var / n + ref.logit_variance / 4000)
     assert np.abs(z).max() < 5, np.abs(z).max()
-    np.testing.assert_allclose(var, ref.variance, rtol=0.35)
+    np.testing.assert_allclose(var, ref.logit_variance, rtol=0.35)
     probs = np.stack([c["probabilities"] for c in calls])  # each an unbiased estimate
     z = (probs.mean(0) - ref.probabilities) / np.sqrt(probs.var(0) / len(calls) + 1e-8)
     assert np.abs(z).max() < 5, np.abs(z).max()
@@ -283,10 +283,16 @@ def test_size_against_the_deterministic_model(bnn, exported, tmp_path):
           f"({_size(exported) / _size(lean_path):.2f}x)")
     assert ratio <= 2.2
     # The weights themselves: means and sigma^2 of the kernels, the biases, nothing else (no rho,
-    # no priors, no KL weights).
-    saved = tf.train.list_variables(os.path.join(exported, "variables", "variables"))
+    # no priors, no KL weights); besides them only the task, one string.
+    prefix = os.path.join(exported, "variables", "variables")
+    dtypes = tf.train.load_checkpoint(prefix).get_variable_to_dtype_map()
+    saved = tf.train.list_variables(prefix)
+    strings = [name for name, _ in saved if dtypes[name] == tf.string
+               and not name.startswith("_CHECKPOINTABLE_OBJECT_GRAPH")]
+    assert strings == ["task/.ATTRIBUTES/VARIABLE_VALUE"]
     saved_params = sum(int(np.prod(shape)) for name, shape in saved if "OPTIMIZER" not in name
-                       and not name.startswith("_CHECKPOINTABLE_OBJECT_GRAPH"))
+                       and not name.startswith("_CHECKPOINTABLE_OBJECT_GRAPH")
+                       and name not in strings)
     kernels = sum(int(np.prod(w.shape)) for w in det.weights if "kernel" in w.name)
     biases = sum(int(np.prod(w.shape)) for w in det.weights if "bias" in w.name)
     assert saved_params == 2 * kernels + biases

@@ -108,7 +108,7 @@ def test_head_config_and_keras_save_load(kind, tmp_path):
     model.save(path)
     loaded = tf_keras.models.load_model(path)
     assert type(loaded.layers[-1]) is type(head)
-    assert loaded.layers[-1].predictive_output == "gaussian"
+    assert tfp_bnn.tasks.infer(loaded) == "gaussian"
     np.testing.assert_allclose(loaded(_x()).numpy(), model(_x()).numpy(), rtol=1e-6)
 
 
@@ -140,7 +140,7 @@ def test_predict_decomposition_on_head_model(kind):
     tf_keras.utils.set_random_seed(0)
     bnn = tfp_bnn.bayesify(_head_model(kind, units=2), num_train_examples=10, posterior=WIDE)
     pred = tfp_bnn.predict(bnn, _x(), num_samples=64, seed=3, return_samples=True)
-    assert pred.task == "regression"
+    assert pred.task == "gaussian" and not pred.is_classification
     mu, sigma = np.split(pred.samples, 2, axis=-1)  # [S, B, 2] each
     np.testing.assert_allclose(pred.mean, mu.mean(0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(pred.epistemic_variance, mu.var(0), rtol=1e-4, atol=1e-7)

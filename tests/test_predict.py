@@ -27,14 +27,14 @@ def _entropy(p):
     return -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=-1)
 
 
-def _mlp(estimator, in_dim=4, units=3, hidden=8, seed=0):
+def _mlp(estimator, in_dim=4, units=3, hidden=8, seed=0, task=None):
     tf_keras.utils.set_random_seed(seed)
     layers = [tf_keras.Input((in_dim,))]
     if hidden:
         layers.append(tf_keras.layers.Dense(hidden, activation="tanh"))
     layers.append(tf_keras.layers.Dense(units))
     return tfp_bnn.bayesify(tf_keras.Sequential(layers), estimator=estimator, kl_weight=1.0,
-                            posterior=WIDE)
+                            posterior=WIDE, task=task)
 
 
 def _cnn(estimator, seed=0):
@@ -82,7 +82,7 @@ def test_classification_summary_by_hand():
     np.testing.assert_allclose(out["mutual_information"], [math.log(2) - h_quarter, 0.0],
                                rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(out["mean_logits"], [[ln3 / 2, ln3 / 2], [0, 0]], rtol=1e-6)
-    np.testing.assert_allclose(out["variance"], [[(ln3 / 2) ** 2] * 2, [0, 0]], rtol=1e-6)
+    np.testing.assert_allclose(out["logit_variance"], [[(ln3 / 2) ** 2] * 2, [0, 0]], rtol=1e-6)
     assert all(v.dtype == np.float32 for v in out.values())
 
 
@@ -95,7 +95,7 @@ def test_classification_summary_matches_numpy_and_identities():
     p = np.exp(zd - zd.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
     np.testing.assert_allclose(out["mean_logits"], zd.mean(0), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(out["variance"], zd.var(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out["logit_variance"], zd.var(0), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(out["probabilities"], p.mean(0), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(out["predictive_entropy"], _entropy(p.mean(0)), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(out["expected_entropy"], _entropy(p).mean(0), rtol=1e-4, atol=1e-5)
@@ -116,7 +116,7 @@ def test_identical_samples_give_exactly_zero_epistemic(num_samples):
     one = (rng.normal(size=(1, 30, 4)) * 5).astype(np.float32)
     out = _np(classification_summary(np.repeat(one, num_samples, axis=0)))
     np.testing.assert_array_equal(out["mutual_information"], 0.0)
-    np.testing.assert_array_equal(out["variance"], 0.0)
+    np.testing.assert_array_equal(out["logit_variance"], 0.0)
     np.testing.assert_array_equal(out["mean_logits"], one[0])
     reg = _np(regression_summary(np.repeat(one, num_samples, axis=0)))
     np.testing.assert_array_equal(reg["epistemic_variance"], 0.0)
@@ -200,7 +200,7 @@ def test_vectorised_predict_matches_loop(build, estimator):
     _assert_same_moments(pred.samples, loop)
     # The summary fields describe those same samples.
     np.testing.assert_allclose(pred.mean_logits, pred.samples.mean(0), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(pred.variance, pred.samples.var(0), rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(pred.logit_variance, pred.samples.var(0), rtol=1e-3, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,15 +358,15 @@ def test_progress_bar(flipout_mlp, capsys):
 # ---------------------------------------------------------------------------------------------
 def test_classification_prediction_structure(flipout_mlp):
     pred = tfp_bnn.predict(flipout_mlp, _x(), num_samples=8, seed=0)
-    assert isinstance(pred, Prediction) and pred.task == "classification"
+    assert isinstance(pred, Prediction) and pred.task == "multiclass" and pred.is_classification
     assert pred.num_samples == 8
-    shapes = {"mean_logits": (10, 3), "variance": (10, 3), "probabilities": (10, 3),
+    shapes = {"mean_logits": (10, 3), "logit_variance": (10, 3), "probabilities": (10, 3),
               "predictive_entropy": (10,), "expected_entropy": (10,), "mutual_information": (10,)}
     for key, shape in shapes.items():
         value = getattr(pred, key)
         assert isinstance(value, np.ndarray) and value.shape == shape, key
         assert value.dtype == np.float32, key
-    for key in ("mean", "epistemic_variance", "aleatoric_variance", "samples"):
+    for key in ("mean", "variance", "epistemic_variance", "aleatoric_variance", "samples"):
         assert getattr(pred, key) is None, key
     np.testing.assert_array_equal(pred.predicted_class, pred.probabilities.argmax(-1))
     np.testing.assert_array_equal(pred.aleatoric, pred.expected_entropy)
@@ -378,15 +378,15 @@ def test_classification_prediction_structure(flipout_mlp):
 
 
 def test_regression_prediction():
-    model = _mlp("flipout", units=1)
+    model = _mlp("flipout", units=1, task="regression")
     x = _x()
     pred = tfp_bnn.predict(model, x, num_samples=S, seed=0, return_samples=True)
     assert pred.task == "regression"
     for key in ("mean", "epistemic_variance", "aleatoric_variance", "variance"):
         value = getattr(pred, key)
         assert isinstance(value, np.ndarray) and value.shape == (10, 1), key
-    for key in ("mean_logits", "probabilities", "predictive_entropy", "expected_entropy",
-                "mutual_information"):
+    for key in ("mean_logits", "logit_variance", "probabilities", "predictive_entropy",
+                "expected_entropy", "mutual_information"):
         assert getattr(pred, key) is None, key
     assert pred.samples.shape == (S, 10, 1)
     np.testing.assert_array_equal(pred.aleatoric_variance, 0.0)  # a plain output has no noise
@@ -417,7 +417,7 @@ def test_deterministic_model_works_with_zero_variance_and_warns_once():
     assert "no stochastic layer" in messages[0] and deterministic.name in messages[0]
     logits = deterministic(x).numpy()
     for pred in (a, b):
-        np.testing.assert_array_equal(pred.variance, 0.0)
+        np.testing.assert_array_equal(pred.logit_variance, 0.0)
         np.testing.assert_array_equal(pred.mutual_information, 0.0)
         np.testing.assert_allclose(pred.mean_logits, logits, rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(pred.probabilities, tf.nn.softmax(logits).numpy(), rtol=1e-5)

@@ -6,14 +6,15 @@ predict with Monte Carlo uncertainty (`predict`), export it for TensorFlow Servi
 """
 from tfp_bnn import _keras  # noqa: F401  (sets up tf_keras before TFP is imported)
 from tfp_bnn import callbacks, layers, posteriors, priors, sampling  # noqa: E402
-from tfp_bnn import heads, losses  # noqa: E402
+from tfp_bnn import heads, losses, methods, tasks  # noqa: E402
 from tfp_bnn.baselines import DeepEnsemble, laplace, mc_dropout  # noqa: E402
 from tfp_bnn.convert import bayesify  # noqa: E402
 from tfp_bnn.distill import Distillation, distill  # noqa: E402
 from tfp_bnn.elbo import BayesianModel, kl_weights, set_kl_weight  # noqa: E402
 from tfp_bnn.export import export_savedmodel  # noqa: E402
 from tfp_bnn.predict import Prediction, predict  # noqa: E402
+from tfp_bnn.options import Task  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["bayesify", "mc_dropout", "DeepEnsemble", "laplace", "distill", "Distillation", "predict", "Prediction", "export_savedmodel", "BayesianModel", "callbacks", "layers", "posteriors", "priors",
-           "sampling", "set_kl_weight", "kl_weights"]
+           "sampling", "set_kl_weight", "kl_weights", "tasks", "methods", "Task"]

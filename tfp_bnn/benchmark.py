@@ -33,7 +33,7 @@ import numpy as np
 
 from tfp_bnn._keras import tf, tf_keras
 from tfp_bnn.convert import bayesify
-from tfp_bnn.export import _serving_summary, export_savedmodel
+from tfp_bnn.export import export_savedmodel, served_summary
 
 __all__ = ["MODELS", "run", "report", "naive_loop_export", "Signature", "time_round_robin"]
 
@@ -68,7 +68,7 @@ def naive_loop_export(model, num_samples, path):
     @tf.function(input_signature=[spec])
     def loop(x):
         samples = tf.stack([model(x, training=False) for _ in range(num_samples)])
-        return _serving_summary(samples, "classification")
+        return served_summary(samples, "multiclass")
 
     tf.saved_model.save(module, path, signatures={"serving_default": loop.get_concrete_function()})
     return path

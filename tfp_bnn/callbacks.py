@@ -9,25 +9,13 @@ the weight the layer was built with (1/N from `bayesify`):
 The schedule is a function of the optimizer's iteration count, so a resumed run (restored
 optimizer) continues the warm-up where it stopped.
 """
-import math
-
 import numpy as np
 
-from tfp_bnn import metrics
+from tfp_bnn import options, tasks
 from tfp_bnn._keras import tf_keras
 from tfp_bnn.elbo import set_kl_weight
 
 __all__ = ["KLAnnealing", "KLTemperature", "MCValidation", "SWAG"]
-
-
-def _non_negative(name, value):
-    try:
-        ok = float(value) >= 0 and math.isfinite(float(value))
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(f"{name} must be a non-negative number. Received: {name}={value!r}")
-    return float(value)
 
 
 class KLAnnealing(tf_keras.callbacks.Callback):
@@ -45,14 +33,12 @@ class KLAnnealing(tf_keras.callbacks.Callback):
 
     def __init__(self, warmup_epochs=10, start=0.0, temperature=1.0, steps_per_epoch=None):
         super().__init__()
-        self.warmup_epochs = _non_negative("warmup_epochs", warmup_epochs)
+        self.warmup_epochs = options.number("warmup_epochs", warmup_epochs, 0)
         if self.warmup_epochs == 0:
             raise ValueError("warmup_epochs must be positive (use KLTemperature for a constant "
                              f"multiplier). Received: warmup_epochs={warmup_epochs!r}")
-        self.start = _non_negative("start", start)
-        if self.start > 1:
-            raise ValueError(f"start must be in [0, 1]. Received: start={start!r}")
-        self.temperature = _non_negative("temperature", temperature)
+        self.start = options.number("start", start, 0, 1)
+        self.temperature = options.number("temperature", temperature, 0)
         self.steps_per_epoch = steps_per_epoch
 
     def multiplier(self, step):
@@ -81,7 +67,7 @@ class KLTemperature(tf_keras.callbacks.Callback):
 
     def __init__(self, temperature=1.0):
         super().__init__()
-        self.temperature = _non_negative("temperature", temperature)
+        self.temperature = options.number("temperature", temperature, 0)
 
     def on_train_begin(self, logs=None):
         set_kl_weight(self.model, self.temperature)
@@ -91,7 +77,7 @@ class KLTemperature(tf_keras.callbacks.Callback):
 class MCValidation(tf_keras.callbacks.Callback):
     """Monte Carlo validation at the end of every epoch, written into ``logs``.
 
-    A classifier (``p_i = (1/S) sum_s softmax(z_s(x_i))``):
+    A classifier ("multiclass" or "binary", ``p_i = (1/S) sum_s p(. | z_s(x_i))``):
 
         {prefix}nll = -mean_i log p_i[y_i]     {prefix}accuracy = mean_i [argmax p_i == y_i]
         {prefix}predictive_entropy = mean_i H[p_i]   {prefix}mutual_information = mean_i MI_i
@@ -103,9 +89,11 @@ class MCValidation(tf_keras.callbacks.Callback):
         {prefix}rmse = sqrt(mean_id (y_id - m_id)^2)
         {prefix}aleatoric_variance, {prefix}epistemic_variance = their means
 
-    The NLL of the MC-averaged predictive is what a BNN should be early-stopped on (Keras's own
-    validation scores one weight sample), and it costs one compiled call instead of a Keras
-    ``evaluate`` per epoch. Put it before EarlyStopping/CSVLogger in the callback list.
+    The task is the model's (`tfp_bnn.tasks`). The NLL of the MC-averaged predictive is what a
+    BNN should be early-stopped on (Keras's own validation scores one weight sample), and it
+    costs one compiled call instead of a Keras ``evaluate`` per epoch. Put it before
+    EarlyStopping/CSVLogger in the callback list. `evaluate` scores any method's result
+    directly (a `DeepEnsemble`, a `laplace` result, a `SWAG` callback, ...).
 
     Args:
         x: held-out inputs.
@@ -114,40 +102,32 @@ class MCValidation(tf_keras.callbacks.Callback):
         num_samples: S per evaluation.
         seed: an int gives every epoch the same noise, so epochs differ only by the weights.
         prefix: prefix of the log keys.
+        task: None (the model's task) or "multiclass", "binary", "regression", "gaussian".
+
+    Example:
+        >>> MCValidation(x_val, y_val, num_samples=20).evaluate(ensemble)
+        {'predictive_entropy': ..., 'mutual_information': ..., 'nll': ..., 'accuracy': ...}
     """
 
-    def __init__(self, x, y=None, num_samples=20, seed=None, prefix="val_"):
+    def __init__(self, x, y=None, num_samples=20, seed=None, prefix="val_", task=None):
         super().__init__()
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be an integer >= 1. Received: num_samples={num_samples!r}")
         self.x, self.num_samples, self.seed, self.prefix = x, num_samples, seed, prefix
         self.y = None if y is None else np.asarray(y)
+        self.task = task
+
+    def evaluate(self, model):
+        """The scores (without prefix) of ``model``, a tf_keras model or a method's result."""
+        from tfp_bnn.predict import predict
+        pred = predict(model, self.x, num_samples=self.num_samples, seed=self.seed, verbose=0,
+                       task=self.task)
+        return tasks.get(pred.task).scores(pred, self.y)
 
     def on_epoch_end(self, epoch, logs=None):
-        from tfp_bnn.predict import predict
-        pred = predict(self.model, self.x, num_samples=self.num_samples, seed=self.seed, verbose=0)
-        values = (self._classification(pred) if pred.task == "classification"
-                  else self._regression(pred))
+        values = self.evaluate(self.model)
         if logs is not None:
             logs.update({self.prefix + k: v for k, v in values.items()})
-
-    def _regression(self, pred):
-        values = {"aleatoric_variance": float(pred.aleatoric_variance.mean()),
-                  "epistemic_variance": float(pred.epistemic_variance.mean())}
-        if self.y is not None:
-            values["nll"] = metrics.gaussian_nll(pred.mean, pred.variance, self.y)
-            values["rmse"] = metrics.rmse(pred.mean, self.y)
-        return values
-
-    def _classification(self, pred):
-        values = {"predictive_entropy": float(pred.predictive_entropy.mean()),
-                  "mutual_information": float(pred.mutual_information.mean())}
-        if self.y is not None:
-            y = self.y.astype(np.int64).reshape(-1)
-            p = pred.probabilities[np.arange(len(y)), y]
-            values["nll"] = float(-np.mean(np.log(np.maximum(p, 1e-12))))
-            values["accuracy"] = float(np.mean(pred.probabilities.argmax(-1) == y))
-        return values
 
 
 # SWAG is a training callback too; its code lives with the other baselines.

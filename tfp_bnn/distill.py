@@ -18,6 +18,10 @@ kernel). ``history["kl"]`` is the cross-entropy minus the teacher's mean entropy
 ``(1/N) sum_i KL(p_i || softmax(g(x_i)))``, which is 0 exactly when the student reproduces the
 teacher.
 
+A binary teacher (one logit, `tfp_bnn.tasks`) is distilled the same way into a one-logit
+student: ``softmax`` over the class logits ``[0, z]`` is ``[1 - sigmoid(z), sigmoid(z)]``. The
+teacher may be any model or method result `tfp_bnn.predict` accepts (an ensemble, Laplace, ...).
+
 Distillation inputs, in this order: ``x``; ``unlabeled_x`` (any inputs without labels); then,
 when ``noise_stddev > 0``, ``noise_copies`` copies of both with Gaussian noise
 ``N(0, noise_stddev^2)`` added to every feature (in the inputs' own units). Labels are never
@@ -50,9 +54,11 @@ from typing import Optional
 
 import numpy as np
 
+from tfp_bnn import methods, tasks
 from tfp_bnn._keras import tf, tf_keras
+from tfp_bnn.options import Task
 from tfp_bnn.posteriors import inverse_softplus
-from tfp_bnn.predict import Prediction, is_stochastic, output_kind
+from tfp_bnn.predict import Prediction, is_stochastic, summarize
 from tfp_bnn.predict import predict as mc_predict
 
 __all__ = ["Distillation", "distill", "soft_target_cross_entropy", "mi_squared_error"]
@@ -63,11 +69,15 @@ _PREDICT_BATCH_SIZE = 256
 # ---------------------------------------------------------------------------------------------
 # Losses (per example; `distill` averages them over the batch)
 # ---------------------------------------------------------------------------------------------
-def soft_target_cross_entropy(target_probabilities, logits):
-    """``-sum_c p_c log softmax(z)_c`` per example: [B, C] targets and logits -> [B]."""
+def soft_target_cross_entropy(target_probabilities, logits, task=Task.MULTICLASS):
+    """``-sum_c p_c log p(c | z)`` per example: [B, C] targets and logits -> [B].
+
+    ``p(c | z)`` is the task's likelihood (`tfp_bnn.tasks`): softmax of [B, C] logits
+    ("multiclass"), or [1 - sigmoid(z), sigmoid(z)] of [B, 1] logits ("binary", C = 2).
+    """
     p = tf.cast(tf.convert_to_tensor(target_probabilities), tf.float32)
-    z = tf.cast(tf.convert_to_tensor(logits), tf.float32)
-    return -tf.reduce_sum(p * tf.nn.log_softmax(z, axis=-1), axis=-1)
+    log_p = tasks.get(task).log_probabilities(tf.convert_to_tensor(logits))
+    return -tf.reduce_sum(p * log_p, axis=-1)
 
 
 def mi_squared_error(target_mi, predicted_mi):
@@ -101,7 +111,7 @@ class Distillation:
 
     Attributes:
         student: the trained student (the model passed in, trained in place): ``x -> logits
-            [B, C]``. A plain deterministic tf_keras model; `tfp_bnn.predict` accepts it
+            [B, C]`` (``[B, 1]`` for a binary teacher); also what `as_model` returns. A plain deterministic tf_keras model; `tfp_bnn.predict` accepts it
             (variance 0, mutual information 0) and it saves and exports like any model.
         uncertainty_model: None unless ``uncertainty_head=True``; then a two-output tf_keras
             model sharing the student's layers, ``x -> [logits [B, C], mutual_information
@@ -112,6 +122,7 @@ class Distillation:
         teacher_probabilities: [N, C] soft targets on the N distillation inputs (see `distill`).
         teacher_mutual_information: [N] the teacher's MI on the same inputs.
         teacher_stochastic: False when the teacher had no stochastic layer (then every MI is 0).
+        task: the teacher's task, "multiclass" or "binary", which the student inherits.
     """
 
     student: tf_keras.Model
@@ -120,16 +131,21 @@ class Distillation:
     teacher_probabilities: np.ndarray
     teacher_mutual_information: np.ndarray
     teacher_stochastic: bool
+    task: Task = Task.MULTICLASS
+
+    def as_model(self):
+        """The student: what `tfp_bnn.predict` and `export_savedmodel` use for this result."""
+        return self.student
 
     def predict(self, x, batch_size=_PREDICT_BATCH_SIZE):
         """One forward pass per batch, returned as a `tfp_bnn.Prediction` (``num_samples=1``).
 
-            probabilities = softmax(logits),  predictive_entropy = H[probabilities]
+            probabilities = p(c | logits) (the task's),  predictive_entropy = H[probabilities]
             mutual_information = min(m(x), H)  with the head (MI <= H holds for any teacher),
                                  0 without it
             expected_entropy = predictive_entropy - mutual_information
 
-        ``variance`` is None: a student has no logit samples to take a variance of.
+        ``logit_variance`` is None: a student has no logit samples to take a variance of.
         """
         batch_size = _check_int("batch_size", batch_size, 1)
         x = np.asarray(x)
@@ -147,11 +163,12 @@ class Distillation:
             else:
                 logits.append(out.numpy())
         z = np.concatenate(logits).astype(np.float32)
-        p = tf.nn.softmax(z, axis=-1).numpy()
-        total = _entropy(p.astype(np.float64)).astype(np.float32)
+        summary = summarize(z[np.newaxis], self.task)
+        p = summary["probabilities"].numpy()
+        total = summary["predictive_entropy"].numpy()
         mi = (np.minimum(np.concatenate(heads), total) if heads
               else np.zeros_like(total)).astype(np.float32)
-        return Prediction(task="classification", num_samples=1, mean_logits=z, variance=None,
+        return Prediction(task=self.task, num_samples=1, mean_logits=z, logit_variance=None,
                           probabilities=p, predictive_entropy=total,
                           expected_entropy=np.maximum(total - mi, 0.0).astype(np.float32),
                           mutual_information=mi)
@@ -209,6 +226,7 @@ def _check_inputs(name, x, model):
 
 
 def _check_pair(teacher, student):
+    """The teacher's task, once teacher and student are checked to fit together."""
     _check_model("teacher", teacher)
     _check_model("student", student)
     if student is teacher:
@@ -224,10 +242,11 @@ def _check_pair(teacher, student):
                                      for a, b in zip(t_in, s_in)):
         raise ValueError("student must take the teacher's inputs. Received: teacher input shape "
                          f"{(None,) + t_in}, student input shape {(None,) + s_in}")
-    kind = output_kind(teacher)
-    if kind != "classification":
-        raise ValueError("teacher must be a classifier with [batch, classes] logits. Received: "
-                         f"teacher with output kind {kind!r} ({teacher.outputs[0].shape})")
+    task = tasks.resolve(teacher, name="teacher")
+    if not task.is_classification:
+        raise ValueError("teacher must be a classifier with [batch, classes] logits (or one "
+                         f"binary logit). Received: teacher with task {task.value!r} "
+                         f"({teacher.outputs[0].shape})")
     if len(student.outputs) != 1:
         raise ValueError(f"student must have exactly one output (logits). Received: student "
                          f"with {len(student.outputs)} outputs")
@@ -235,12 +254,15 @@ def _check_pair(teacher, student):
     if t_shape.rank != 2 or s_shape.rank != 2 or t_shape[-1] != s_shape[-1]:
         raise ValueError("student must output one logit per teacher class. Received: teacher "
                          f"output shape {tuple(t_shape)}, student output shape {tuple(s_shape)}")
-    if getattr(student.layers[-1], "activation", None) is tf_keras.activations.softmax:
+    if getattr(student.layers[-1], "activation", None) in (tf_keras.activations.softmax,
+                                                           tf_keras.activations.sigmoid):
         raise ValueError(f"student must output logits, not probabilities. Received: student "
-                         f"whose last layer {student.layers[-1].name!r} has a softmax activation")
+                         f"whose last layer {student.layers[-1].name!r} has a "
+                         f"{student.layers[-1].activation.__name__} activation")
     if is_stochastic(student):
         raise ValueError(f"student must be deterministic (the point is one forward pass). "
                          f"Received: student {student.name!r} with a stochastic layer")
+    return task
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,7 +304,7 @@ def _distillation_inputs(x, unlabeled_x, noise_stddev, noise_copies, rng):
     return np.concatenate(parts).astype(np.float32)
 
 
-def _make_step(model, has_head, optimizer, mi_weight, input_shape, num_classes):
+def _make_step(model, has_head, optimizer, mi_weight, input_shape, num_classes, task):
     # One trace for every batch size, the last partial batch included.
     @tf.function(input_signature=[tf.TensorSpec((None,) + input_shape, tf.float32),
                                   tf.TensorSpec((None, num_classes), tf.float32),
@@ -291,7 +313,7 @@ def _make_step(model, has_head, optimizer, mi_weight, input_shape, num_classes):
         with tf.GradientTape() as tape:
             out = model(xb, training=True)
             logits = out[0] if has_head else out
-            ce = soft_target_cross_entropy(pb, logits)
+            ce = soft_target_cross_entropy(pb, logits, task)
             se = mi_squared_error(mb, out[1]) if has_head else tf.zeros_like(ce)
             loss = tf.reduce_mean(ce + mi_weight * se)
             if model.losses:
@@ -309,8 +331,8 @@ def distill(teacher, student, x, num_samples=100, epochs=100, batch_size=32,
     """Train ``student`` on ``teacher``'s Monte Carlo posterior predictive (see module doc).
 
     Args:
-        teacher: a trained tf_keras classifier with logits output (e.g. from `bayesify`). Only
-            read: its weights and state are never changed. A teacher with no stochastic layer
+        teacher: a trained classifier with logits output, as a tf_keras model (e.g. from
+            `bayesify`) or a method's result (`DeepEnsemble`, `laplace`, ...). Only read: its weights and state are never changed. A teacher with no stochastic layer
             works but warns: its soft targets carry no epistemic part (every MI is 0).
         student: a deterministic, built tf_keras model (Sequential with an Input, or
             Functional) with one input and one output of logits, one per teacher class. It is
@@ -348,7 +370,8 @@ def distill(teacher, student, x, num_samples=100, epochs=100, batch_size=32,
         seed = _check_int("seed", seed, 0)
     if verbose not in (0, 1):
         raise ValueError(f"verbose must be 0 or 1. Received: verbose={verbose!r}")
-    _check_pair(teacher, student)
+    teacher = methods.predictive_model(teacher, "teacher")
+    task = _check_pair(teacher, student)
     x = _check_inputs("x", x, student)
     if unlabeled_x is not None:
         unlabeled_x = _check_inputs("unlabeled_x", unlabeled_x, student)
@@ -378,7 +401,7 @@ def distill(teacher, student, x, num_samples=100, epochs=100, batch_size=32,
 
     model = _with_mi_head(student, float(target_mi.mean())) if uncertainty_head else student
     step = _make_step(model, uncertainty_head, optimizer, mi_weight, inputs.shape[1:],
-                      targets.shape[1])
+                      targets.shape[1], task)
     history = {"loss": [], "cross_entropy": [], "kl": []}
     if uncertainty_head:
         history["mi_mse"] = []
@@ -401,6 +424,8 @@ def distill(teacher, student, x, num_samples=100, epochs=100, batch_size=32,
         if verbose:
             print(f"epoch {epoch + 1}/{epochs}: " + ", ".join(
                 f"{k}={v[-1]:.5f}" for k, v in history.items()))
+    tasks.declare(student, task)  # a one-logit student is the teacher's binary classifier
     return Distillation(student=student, uncertainty_model=model if uncertainty_head else None,
                         history=history, teacher_probabilities=targets,
-                        teacher_mutual_information=target_mi, teacher_stochastic=stochastic)
+                        teacher_mutual_information=target_mi, teacher_stochastic=stochastic,
+                        task=task)

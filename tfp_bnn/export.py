@@ -4,12 +4,19 @@
 
 Signatures (inputs named after the model's inputs, batch dimension None, float32):
 
-* ``serving_default``: S = ``num_samples`` posterior draws in one graph; classifiers return
-  ``mean_logits``, ``variance``, ``probabilities``, ``predictive_entropy``,
-  ``mutual_information``; regression models ``mean``, ``variance``, ``epistemic_variance``,
-  ``aleatoric_variance``.
+* ``serving_default``: S = ``num_samples`` posterior draws in one graph; classifiers
+  ("multiclass", and "binary" with one logit) return ``mean_logits``, ``variance`` (of the
+  logits), ``probabilities`` ([B, C]; [B, 2] for binary: p(y=0), p(y=1)),
+  ``predictive_entropy``, ``mutual_information``; regression models ``mean``, ``variance``
+  (total), ``epistemic_variance``, ``aleatoric_variance``.
 * ``predict_with_samples``: the same plus a scalar int32 input ``num_samples``.
-* ``deterministic``: one pass with the posterior means.
+* ``deterministic``: one pass with the posterior means (``logits`` and ``probabilities``, or
+  ``mean`` [and ``aleatoric_variance``]).
+
+The outputs are `tfp_bnn.predict.summarize` of the samples (its plain-mean fast path), so the
+served numbers are predict's. The model's task (`tfp_bnn.tasks`) is saved with the export: a
+string variable ``task`` (``tf.saved_model.load(path).task.numpy()``; also a variable named
+``task`` in the graph that TF Serving's loader restores).
 
 The graph is traced from the posterior means and variances with core TF ops only, so it loads
 in a process that never imports TensorFlow Probability or tfp_bnn, through
@@ -36,27 +43,26 @@ References:
 """
 import os
 import re
-import shutil
-import tempfile
 import warnings
 
 import numpy as np
 
+from tfp_bnn import methods, results, sampling, tasks
 from tfp_bnn import predict as predict_lib
-from tfp_bnn import sampling
-from tfp_bnn._keras import tf, tf_keras
+from tfp_bnn._keras import tf
 
-__all__ = ["export_savedmodel", "SIGNATURES", "WARMUP_FILE", "next_version", "output_names"]
+__all__ = ["export_savedmodel", "SIGNATURES", "WARMUP_FILE", "next_version", "output_names",
+           "served_summary"]
 
 SIGNATURES = ("serving_default", "predict_with_samples", "deterministic")
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
-CLASSIFICATION_OUTPUTS = ("mean_logits", "variance", "probabilities", "predictive_entropy",
-                          "mutual_information")
-REGRESSION_OUTPUTS = ("mean", "variance", "epistemic_variance", "aleatoric_variance")
+CLASSIFICATION_OUTPUTS = tasks.output_names("multiclass")
+REGRESSION_OUTPUTS = tasks.output_names("regression")
 
 
-def output_names(kind):
-    return CLASSIFICATION_OUTPUTS if kind == "classification" else REGRESSION_OUTPUTS
+def output_names(task):
+    """The ``serving_default`` output names of a model of ``task`` (`tfp_bnn.tasks`)."""
+    return tasks.output_names(task)
 
 
 def next_version(export_dir):
@@ -84,41 +90,11 @@ def _first(outputs):
     return outputs[0] if isinstance(outputs, (list, tuple)) else outputs
 
 
-def _softmax(z):
-    # exp(log_softmax), not tf.nn.softmax: on CPU the oneDNN Softmax kernel costs ~30 us per
-    # call on a [10, 1, 3] tensor, a fifth of a whole served request at batch 1 (measured, TF
-    # 2.21); LogSoftmax + Exp cost ~3 us. Same values to float rounding.
-    return tf.exp(tf.nn.log_softmax(z, axis=-1))
-
-
-def _serving_summary(samples, kind):
-    """`tfp_bnn.predict.summarize` in fewer ops, for the served graph (latency at batch 1).
-
-    The same formulas over the ``[S, B, ...]`` samples; plain sample means where predict shifts
-    by the first sample to get exact zeros from S equal samples: the export evaluates a model
-    without stochastic layers with S = 1, where plain means are exact too.
-    """
-    z = tf.cast(samples, tf.float32)
-    if kind == "classification":
-        probs_s = _softmax(z)
-        probs = tf.reduce_mean(probs_s, axis=0)
-        mean = tf.reduce_mean(z, axis=0)
-        total = predict_lib._entropy(probs)
-        # Both entropies by one formula: with S = 1 they are equal bit for bit (MI exactly 0).
-        aleatoric = tf.reduce_mean(predict_lib._entropy(probs_s), axis=0)
-        return {"mean_logits": mean,
-                "variance": tf.reduce_mean(tf.math.squared_difference(z, mean), axis=0),
-                "probabilities": probs, "predictive_entropy": total,
-                "mutual_information": tf.maximum(total - aleatoric, 0.0)}
-    if kind not in ("regression", "gaussian"):
-        raise ValueError(f"Unknown output kind {kind!r}")
-    mu, scale = tf.split(z, 2, axis=-1) if kind == "gaussian" else (z, None)
-    mean = tf.reduce_mean(mu, axis=0)
-    epistemic = tf.reduce_mean(tf.math.squared_difference(mu, mean), axis=0)
-    aleatoric = (tf.zeros_like(mean) if scale is None
-                 else tf.reduce_mean(tf.square(scale), axis=0))
-    return {"mean": mean, "epistemic_variance": epistemic, "aleatoric_variance": aleatoric,
-            "variance": epistemic + aleatoric}
+def served_summary(samples, task):
+    """The ``serving_default`` outputs of ``[S, B, ...]`` samples: `predict.summarize`'s fast path
+    (plain means), under the served names."""
+    summary = predict_lib.summarize(samples, task, exact=False)
+    return {name: summary[key] for name, key in tasks.get(task).served.items()}
 
 
 def _variance_snapshot(model):
@@ -139,10 +115,11 @@ def _variance_snapshot(model):
     return snapshot
 
 
-def _build_module(model, num_samples, kind, stochastic):
-    """A tf.Module holding exactly the variables the three signature functions read."""
+def _build_module(model, num_samples, task, stochastic):
+    """A tf.Module holding exactly the variables the three signature functions read, and the
+    task."""
     specs = _input_specs(model)
-    names = output_names(kind)
+    strategy = tasks.get(task)
     variances = _variance_snapshot(model)
     s_spec = tf.TensorSpec([], tf.int32, name="num_samples")
 
@@ -154,8 +131,8 @@ def _build_module(model, num_samples, kind, stochastic):
             s = tf.constant(1, tf.int32)  # equal samples: one pass, variance exactly 0
         samples = _first(sampling.sample_outputs(model, _as_model_inputs(model, inputs), s,
                                                  seed=sampling.FRESH, variances=variances))
-        summary = _serving_summary(samples, kind)
-        return {k: tf.identity(summary[k], name=k) for k in names}
+        summary = served_summary(samples, task)
+        return {k: tf.identity(v, name=k) for k, v in summary.items()}
 
     @tf.function(input_signature=specs)
     def serve(*args):
@@ -172,14 +149,7 @@ def _build_module(model, num_samples, kind, stochastic):
     @tf.function(input_signature=specs)
     def deterministic(*args):
         out = _first(sampling.mean_outputs(model, _as_model_inputs(model, args)))
-        out = tf.cast(out, tf.float32)
-        if kind == "classification":
-            return {"logits": tf.identity(out, name="logits"),
-                    "probabilities": _softmax(out)}
-        if kind == "gaussian":
-            mean, scale = tf.split(out, 2, axis=-1)
-            return {"mean": mean, "aleatoric_variance": tf.square(scale)}
-        return {"mean": tf.identity(out, name="mean")}
+        return strategy.deterministic(out)
 
     signatures = {
         "serving_default": serve.get_concrete_function(),
@@ -195,6 +165,8 @@ def _build_module(model, num_samples, kind, stochastic):
         for v in fn.variables:
             seen.setdefault(id(v), v)
     module.served_variables = list(seen.values())
+    # A client reads what the outputs mean without tfp_bnn: loaded.task.numpy() == b"binary".
+    module.task = tf.Variable(tasks.Task(task).value, trainable=False, name="task")
     return module, signatures, specs
 
 
@@ -221,15 +193,20 @@ def _warmup_records(specs, path):
             writer.write(log.SerializeToString())
 
 
-def export_savedmodel(model, export_dir, num_samples=10, version=None, overwrite=False):
+def export_savedmodel(model, export_dir, num_samples=10, version=None, overwrite=False,
+                      task=None):
     """Export ``model`` as a TF Serving SavedModel whose signature runs S MC samples in-graph.
 
     Args:
-        model: a tf_keras model (a `bayesify` result, or any model `tfp_bnn.predict` accepts).
+        model: a tf_keras model (a `bayesify` result, or anything `tfp_bnn.predict` accepts:
+            a `DeepEnsemble` after fit, a `laplace` result, a `SWAG` callback after fit, a
+            `distill` result).
         export_dir: the model's base path (TF Serving's ``model_base_path``).
         num_samples: S for ``serving_default`` (>= 1).
         version: integer version sub-folder; None takes the next free integer.
         overwrite: replace an existing version (otherwise an existing one is an error).
+        task: None (the model's own task, `tfp_bnn.tasks.resolve`) or "multiclass", "binary",
+            "regression", "gaussian"; it picks the outputs and is saved with the export.
 
     Returns:
         The path of the written version folder, as a string.
@@ -237,8 +214,8 @@ def export_savedmodel(model, export_dir, num_samples=10, version=None, overwrite
     if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) \
             or num_samples < 1:
         raise ValueError(f"num_samples must be an integer >= 1. Received: num_samples={num_samples!r}")
-    if not isinstance(model, tf_keras.Model):
-        raise ValueError(f"model must be a tf_keras Model. Received: model={model!r}")
+    model = methods.predictive_model(model, "model")
+    task = tasks.resolve(model, task)
     export_dir = os.fspath(export_dir)
     if os.path.exists(export_dir) and not os.path.isdir(export_dir):
         raise ValueError(f"export_dir must be a directory; it is an existing file. "
@@ -256,20 +233,15 @@ def export_savedmodel(model, export_dir, num_samples=10, version=None, overwrite
         warnings.warn(f"model {model.name!r} has no stochastic layer: the exported variance is 0.",
                       UserWarning, stacklevel=2)
 
-    kind = predict_lib.output_kind(model)
-    module, signatures, specs = _build_module(model, int(num_samples), kind, stochastic)
-    os.makedirs(export_dir, exist_ok=True)
-    # Write beside the target and rename: a failed export never leaves a half-written version
-    # (TF Serving ignores non-numeric folders), and an existing version is kept until the end.
-    staging = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=export_dir)
-    try:
-        tf.saved_model.save(module, staging, signatures=signatures,
+    # Checked (free, writable) before the graphs are built; written beside the target as
+    # `.<version>.tmp-*` (TF Serving ignores non-numeric folders) and swapped in when complete,
+    # readable by a server running as another user (0755 / 0644). SIGTERM or Ctrl-C removes the
+    # staging folder; one left by a killed process goes at the next export of that version.
+    stage = results.Staging(target, overwrite, owned=None, argument="export_dir", manifest=False)
+    module, signatures, specs = _build_module(model, int(num_samples), task, stochastic)
+    with stage:
+        tf.saved_model.save(module, stage.path, signatures=signatures,
                             options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
-        _warmup_records(specs, os.path.join(staging, WARMUP_FILE))
-        if os.path.exists(target):
-            shutil.rmtree(target)
-        os.rename(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        _warmup_records(specs, os.path.join(stage.path, WARMUP_FILE))
+        stage.commit()
     return target

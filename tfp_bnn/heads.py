@@ -1,8 +1,9 @@
 """Gaussian output heads: a network that predicts a mean and a standard deviation per output.
 
-Both heads output ``[B, 2*units] = concat(mean, std)`` and declare
-``predictive_output = "gaussian"``, so `tfp_bnn.predict` and `tfp_bnn.export_savedmodel` split
-their samples into the aleatoric and epistemic parts (Kendall & Gal 2017):
+Both heads output ``[B, 2*units] = concat(mean, std)`` and are registered as output layers of
+the "gaussian" task (`tfp_bnn.tasks.register_output_layer`), so `tfp_bnn.predict` and
+`tfp_bnn.export_savedmodel` split their samples into the aleatoric and epistemic parts (Kendall
+& Gal 2017):
 
     GaussianHead          (heteroscedastic)  input [B, 2u] = (loc, raw)
                           mean = loc,  std = softplus(raw) + min_scale          (per example)
@@ -30,7 +31,9 @@ References:
 """
 import math
 
+from tfp_bnn import tasks
 from tfp_bnn._keras import tf, tf_keras
+from tfp_bnn.options import Task
 from tfp_bnn.posteriors import inverse_softplus
 
 __all__ = ["GaussianHead", "HomoscedasticGaussian", "split_mean_std"]
@@ -73,8 +76,6 @@ class GaussianHead(tf_keras.layers.Layer):
         min_scale: floor added to the standard deviation (>= 0), which keeps the NLL finite.
     """
 
-    predictive_output = "gaussian"
-
     def __init__(self, units=1, min_scale=1e-6, **kwargs):
         super().__init__(**kwargs)
         self.units = _check_units(units)
@@ -116,8 +117,6 @@ class HomoscedasticGaussian(tf_keras.layers.Layer):
         min_scale: floor added to the std (>= 0).
     """
 
-    predictive_output = "gaussian"
-
     def __init__(self, units=1, init_scale=1.0, min_scale=1e-6, **kwargs):
         super().__init__(**kwargs)
         self.units = _check_units(units)
@@ -154,3 +153,7 @@ class HomoscedasticGaussian(tf_keras.layers.Layer):
         config.update({"units": self.units, "init_scale": self.init_scale,
                        "min_scale": self.min_scale})
         return config
+
+
+for _head in (GaussianHead, HomoscedasticGaussian):
+    tasks.register_output_layer(_head, lambda layer: Task.GAUSSIAN)

@@ -1,17 +1,24 @@
 """Monte Carlo prediction: one compiled graph draws S posterior samples and summarises them.
 
-For a classifier with per-sample logits ``z_s`` and probabilities ``p_s = softmax(z_s)``:
+The model's task (`tfp_bnn.tasks`: declared, read from its compiled loss or its output layer,
+or passed as ``task=``) picks the summary of the ``[S, B, ...]`` output samples. A classifier
+("multiclass": C logits; "binary": one logit, ``p(y=1) = sigmoid(z)``), with ``p_s`` the
+per-sample class probabilities ([B, 2] for binary: p(y=0), p(y=1)):
 
     probabilities       = (1/S) sum_s p_s
     predictive_entropy  = H[(1/S) sum_s p_s]                       (total)
     expected_entropy    = (1/S) sum_s H[p_s]                       (aleatoric)
     mutual_information  = predictive_entropy - expected_entropy    (epistemic, >= 0)
-    mean_logits, variance = mean and variance of z_s over samples
+    mean_logits, logit_variance = mean and variance of z_s over samples
 
-For a regression model whose output is a mean (or, with a Gaussian head, mean and std):
+A regression model whose output is a mean ("regression") or, with a Gaussian head, mean and
+std ("gaussian"):
 
     mean = (1/S) sum_s mu_s,  epistemic_variance = Var_s[mu_s],
     aleatoric_variance = (1/S) sum_s sigma_s^2,  variance = epistemic + aleatoric
+
+`predict` takes a tf_keras model or any method's result (`tfp_bnn.methods`): a
+`DeepEnsemble` after fit, a `laplace` result, a `SWAG` callback after fit, a `distill` result.
 
 Example:
     >>> pred = tfp_bnn.predict(bnn, x_test, num_samples=100, seed=0)
@@ -28,34 +35,40 @@ from typing import Optional
 
 import numpy as np
 
-from tfp_bnn import sampling
+from tfp_bnn import methods, options, safety, sampling, tasks
 from tfp_bnn._keras import tf, tf_keras
+from tfp_bnn.options import Task
 
-__all__ = ["Prediction", "predict", "classification_summary", "regression_summary",
-           "output_kind", "is_stochastic"]
+__all__ = ["Prediction", "NonFiniteOutputError", "predict", "summarize", "classification_summary", "regression_summary",
+           "is_stochastic"]
 
 DEFAULT_BATCH_SIZE = 256
 
 
 @dataclasses.dataclass(frozen=True)
 class Prediction:
-    """The fixed result of `predict`: numpy arrays; fields of the other task are None."""
+    """The fixed result of `predict`: numpy arrays; fields of the other kind of task are None."""
 
-    task: str  # "classification" or "regression"
+    task: Task  # multiclass, binary, regression or gaussian
     num_samples: int
-    # classification
-    mean_logits: Optional[np.ndarray] = None  # [B, C]
-    variance: Optional[np.ndarray] = None  # [B, C] logit variance, or [B, D] total variance
+    # classification (C = 2 for a binary classifier, whose logits are [B, 1])
+    mean_logits: Optional[np.ndarray] = None  # [B, C] (binary: [B, 1])
+    logit_variance: Optional[np.ndarray] = None  # [B, C] (binary: [B, 1]) variance of the logits
     probabilities: Optional[np.ndarray] = None  # [B, C]
     predictive_entropy: Optional[np.ndarray] = None  # [B]
     expected_entropy: Optional[np.ndarray] = None  # [B]
     mutual_information: Optional[np.ndarray] = None  # [B]
     # regression
     mean: Optional[np.ndarray] = None  # [B, D]
+    variance: Optional[np.ndarray] = None  # [B, D] total predictive variance
     epistemic_variance: Optional[np.ndarray] = None  # [B, D]
     aleatoric_variance: Optional[np.ndarray] = None  # [B, D]
     # only with return_samples=True: [S, B, C] logits (or [S, B, ...] regression outputs)
     samples: Optional[np.ndarray] = None
+
+    @property
+    def is_classification(self):
+        return Task(self.task).is_classification
 
     @property
     def predicted_class(self):
@@ -66,103 +79,51 @@ class Prediction:
     @property
     def aleatoric(self):
         """Per-example aleatoric uncertainty (expected entropy, or mean aleatoric variance)."""
-        if self.task == "classification":
+        if self.is_classification:
             return self.expected_entropy
         return self.aleatoric_variance.mean(axis=-1)
 
     @property
     def epistemic(self):
         """Per-example epistemic uncertainty (mutual information, or epistemic variance)."""
-        if self.task == "classification":
+        if self.is_classification:
             return self.mutual_information
         return self.epistemic_variance.mean(axis=-1)
 
 
 # ---------------------------------------------------------------------------------------------
-# In-graph summaries (shared with the SavedModel export)
+# In-graph summaries (the SavedModel export calls the same `summarize`, with exact=False)
 # ---------------------------------------------------------------------------------------------
-def _entropy(p):
-    # xlogy(p, p) = p log p, and 0 where p == 0.
-    return -tf.reduce_sum(tf.math.xlogy(p, p), axis=-1)
+def summarize(samples, task, exact=True):
+    """Summary dict of ``[S, B, ...]`` model-output samples for ``task`` (see module doc).
 
-
-def _sample_mean(t):
-    # Shifted by the first sample: S equal samples (a deterministic model) give exactly that
-    # sample back, so their variance and mutual information are exactly 0, not float round-off.
-    return t[0] + tf.reduce_mean(t - t[0], axis=0)
-
-
-def _moments(t):
-    """Mean and (biased) variance over the sample axis 0, both exact for equal samples."""
-    d = t - t[0]
-    mean_d = tf.reduce_mean(d, axis=0)
-    return t[0] + mean_d, tf.reduce_mean(tf.square(d - mean_d), axis=0)
+    Args:
+        samples: the per-sample outputs (logits, means, or means and stds of a Gaussian head).
+        task: a `tfp_bnn.options.Task` or its string.
+        exact: shift the sample means by the first sample, so S equal samples give exactly 0
+            variance and mutual information; False takes plain means (the served graph's fast
+            path: fewer ops per request).
+    """
+    return tasks.get(task).summary(samples, exact)
 
 
 def classification_summary(logit_samples):
-    """Decompose ``[S, B, C]`` logit samples; returns a dict of tensors (see module doc)."""
-    z = tf.convert_to_tensor(logit_samples)
-    z = tf.cast(z, tf.float32)
-    probs_s = tf.nn.softmax(z, axis=-1)
-    probs = _sample_mean(probs_s)
-    total = _entropy(probs)
-    aleatoric = _sample_mean(_entropy(probs_s))
-    mean_logits, var = _moments(z)
-    return {
-        "mean_logits": mean_logits,
-        "variance": var,
-        "probabilities": probs,
-        "predictive_entropy": total,
-        "expected_entropy": aleatoric,
-        # Jensen: total >= aleatoric; clip the float round-off below zero.
-        "mutual_information": tf.maximum(total - aleatoric, 0.0),
-    }
+    """Decompose ``[S, B, C]`` multiclass logit samples (`summarize` with "multiclass")."""
+    return summarize(logit_samples, Task.MULTICLASS)
 
 
 def regression_summary(mean_samples, scale_samples=None):
     """Decompose ``[S, B, D]`` means (and optional predicted std devs) of a regression model."""
-    mu = tf.cast(tf.convert_to_tensor(mean_samples), tf.float32)
-    mean, epistemic = _moments(mu)
     if scale_samples is None:
-        aleatoric = tf.zeros_like(mean)
-    else:
-        aleatoric = _sample_mean(tf.square(tf.cast(scale_samples, tf.float32)))
-    return {"mean": mean, "epistemic_variance": epistemic, "aleatoric_variance": aleatoric,
-            "variance": epistemic + aleatoric}
-
-
-def output_kind(model):
-    """'classification', 'regression' or 'gaussian' (mean and std from a Gaussian head).
-
-    A layer may declare ``predictive_output = "gaussian"`` (tfp_bnn.heads); otherwise one output
-    unit means regression and several mean classification logits.
-    """
-    last = model.layers[-1] if model.layers else None
-    declared = getattr(last, "predictive_output", None)
-    if declared is not None:
-        return declared
-    units = model.outputs[0].shape[-1]
-    return "regression" if units == 1 else "classification"
-
-
-def summarize(samples, kind):
-    """Summary dict for ``[S, B, ...]`` model-output samples of the given kind."""
-    if kind == "classification":
-        return classification_summary(samples)
-    if kind == "gaussian":
-        mean, scale = tf.split(samples, 2, axis=-1)
-        return regression_summary(mean, scale)
-    if kind == "regression":
-        return regression_summary(samples)
-    raise ValueError(f"Unknown output kind {kind!r}")
+        return summarize(mean_samples, Task.REGRESSION)
+    samples = tf.concat([tf.cast(mean_samples, tf.float32), tf.cast(scale_samples, tf.float32)],
+                        axis=-1)
+    return summarize(samples, Task.GAUSSIAN)
 
 
 def is_stochastic(model):
     """Whether the model has a layer whose output is random at inference."""
-    from tfp_bnn.layers import bayesian_layers
-    if bayesian_layers(model):
-        return True
-    return any(getattr(l, "stochastic", False) for l in model._flatten_layers(include_self=False))
+    return sampling.is_stochastic(model)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,9 +133,9 @@ _FUNCTIONS = weakref.WeakKeyDictionary()
 _WARNED = weakref.WeakSet()
 
 
-def _mc_function(model, num_samples, kind, return_samples, stochastic=True):
+def _mc_function(model, num_samples, task, return_samples, stochastic=True):
     cache = _FUNCTIONS.setdefault(model, {})
-    key = (num_samples, kind, return_samples, stochastic)
+    key = (num_samples, task, return_samples, stochastic)
     if key not in cache:
         # A weak reference: the cache is keyed weakly on the model, and a value that held the
         # model strongly would keep every model ever predicted on alive.
@@ -192,7 +153,7 @@ def _mc_function(model, num_samples, kind, return_samples, stochastic=True):
                     model_ref()(inputs, training=False))
             if isinstance(samples, (list, tuple)):
                 samples = samples[0]
-            out = summarize(samples, kind)
+            out = summarize(samples, task)
             if return_samples:
                 out["samples"] = samples
             return out
@@ -200,7 +161,37 @@ def _mc_function(model, num_samples, kind, return_samples, stochastic=True):
     return cache[key]
 
 
-def _check_batch(model, batch):
+class NonFiniteOutputError(ValueError):
+    """`predict` met an example whose outputs are not finite in float32; ``index`` is its row."""
+
+    def __init__(self, message, index):
+        super().__init__(message)
+        self.index = index
+
+
+def _check_outputs(out, offset):
+    """Raise `NonFiniteOutputError` for the first example of a batch with a NaN or inf output.
+
+    Inputs that are finite but huge (1e30) overflow float32 inside the network; the summary
+    would hold NaN or inf. Returns the batch's number of examples.
+    """
+    rows = None
+    for key, value in out.items():
+        if key == "samples" or value.dtype.kind != "f":
+            continue
+        finite = np.isfinite(value.reshape(len(value), -1)).all(axis=1)
+        rows = len(value)
+        if not finite.all():
+            first = offset + int(np.argmin(finite))
+            raise NonFiniteOutputError(
+                f"The model's {key} is not finite for example {first} of x ({int((~finite).sum())} "
+                f"of this batch): its inputs are too far outside what float32 arithmetic in this "
+                "model can handle; predict returns finite numbers or raises.", first)
+    return rows or 0
+
+
+def _check_batch(model, batch, num_samples=None):
+    """The batch as the model's input dtype(s); with ``num_samples``, also its sample memory."""
     arrays = batch if isinstance(batch, (list, tuple)) else [batch]
     if len(arrays) != len(model.inputs):
         raise ValueError(f"x has {len(arrays)} input arrays; the model expects "
@@ -222,11 +213,29 @@ def _check_batch(model, batch):
                              "uncertainties.")
         out.append(arr.astype(spec.dtype.as_numpy_dtype if hasattr(spec.dtype, "as_numpy_dtype")
                               else spec.dtype))
+    if num_samples is not None:
+        safety.check_sample_memory(model, num_samples, len(out[0]))
     return out if len(out) > 1 else out[0]
+
+
+def _as_arrays(x):
+    """A table (pandas DataFrame or Series) or nested lists of numbers as numpy arrays."""
+    if hasattr(x, "to_numpy") and not isinstance(x, (np.ndarray, tf.Tensor)):
+        return x.to_numpy()
+    if isinstance(x, (list, tuple)) and x and all(hasattr(a, "to_numpy") for a in x):
+        return [a.to_numpy() for a in x]  # several inputs, one table each
+    if isinstance(x, (list, tuple)) and x and not isinstance(x[0], (np.ndarray, tf.Tensor)):
+        try:
+            return np.asarray(x)  # rows of numbers: one input
+        except ValueError:
+            raise ValueError("x is a list whose rows differ in length; pass a numpy array "
+                             "[N, ...] (or a list of arrays for several inputs).") from None
+    return x
 
 
 def _batches(x, batch_size):
     """Yield numpy input batches from arrays, a tf.data.Dataset or an iterable of batches."""
+    x = _as_arrays(x)
     if isinstance(x, tf.data.Dataset):
         for element in x.as_numpy_iterator():
             yield element[0] if isinstance(element, tuple) else element
@@ -249,6 +258,7 @@ def _batches(x, batch_size):
 
 def _num_batches(x, batch_size):
     """How many batches `_batches` yields, or None when unknown (a generator)."""
+    x = _as_arrays(x)
     if isinstance(x, tf.data.Dataset):
         n = int(x.cardinality())
         return n if n >= 0 else None
@@ -260,55 +270,66 @@ def _num_batches(x, batch_size):
 
 
 def predict(model, x, num_samples=100, batch_size=None, seed=None, return_samples=False,
-            verbose="auto"):
+            verbose="auto", task=None):
     """Monte Carlo predictive distribution of ``model`` on ``x`` (S samples in one graph).
 
     Args:
-        model: a tf_keras model (from `bayesify`, `mc_dropout`, ...). Deterministic models work
-            too: every sample is equal and the variance is 0 (a warning says so once).
+        model: a tf_keras model (from `bayesify`, `mc_dropout`, ...) or a method's result that
+            `tfp_bnn.methods.predictive_model` accepts (`DeepEnsemble` after fit, `laplace`,
+            `SWAG` after fit, `distill`). Deterministic models work too: every sample is equal
+            and the variance is 0 (a warning says so once).
         x: a numpy array, a list of arrays (several inputs), a tf.data.Dataset of batches
             (``x`` or ``(x, y)`` elements) or an iterable of such batches.
         num_samples: S, posterior samples per example (>= 1).
         batch_size: examples per graph call for array input (default 256).
-        seed: an int makes the result reproducible run to run.
+        seed: an int in [0, 2**63 - 1] makes the result reproducible run to run. It is
+            folded with the batch index (batch ``i`` draws with ``(seed, i)``), so the same
+            seed with another ``batch_size`` draws other, equally valid, samples.
         return_samples: also return the ``[S, B, ...]`` per-sample outputs.
         verbose: "auto" shows a Keras progress bar when there are several batches (counted
             from an array's length or a dataset's cardinality; a generator gets none); 0 or 1.
+        task: None (the model's own task, `tfp_bnn.tasks.resolve`) or "multiclass", "binary",
+            "regression", "gaussian".
 
     Returns:
-        `Prediction`.
+        `Prediction`: finite numbers only.
+
+    Raises:
+        NonFiniteOutputError (a ValueError) naming the first example whose outputs are NaN or
+        inf: finite inputs far outside the training range (1e30) overflow float32 inside the
+        network. ValueError when S x batch x the widest layer exceeds the available memory.
     """
+    seed = options.seed("seed", seed)
     if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) \
             or num_samples < 1:
         raise ValueError(f"num_samples must be an integer >= 1. Received: num_samples={num_samples!r}")
     if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer. Received: batch_size={batch_size!r}")
-    if not isinstance(model, tf_keras.Model):
-        raise ValueError(f"model must be a tf_keras Model. Received: model={model!r}")
+    model = methods.predictive_model(model, "model")
+    task = tasks.resolve(model, task)
     stochastic = is_stochastic(model)
     if not stochastic and model not in _WARNED:
         _WARNED.add(model)
         warnings.warn(f"model {model.name!r} has no stochastic layer: all Monte Carlo samples "
                       "are equal and the predictive variance is 0.", UserWarning, stacklevel=2)
-    kind = output_kind(model)
-    fn = _mc_function(model, int(num_samples), kind, bool(return_samples), stochastic)
+    fn = _mc_function(model, int(num_samples), task, bool(return_samples), stochastic)
     batch_size = int(batch_size or DEFAULT_BATCH_SIZE)
 
     total = _num_batches(x, batch_size)
     show = (verbose == "auto" and (total or 0) > 1) or verbose == 1
     bar = tf_keras.utils.Progbar(total, unit_name="batch") if show else None
 
-    parts = []
+    parts, seen = [], 0
     for i, batch in enumerate(_batches(x, batch_size)):
-        batch = _check_batch(model, batch)
+        batch = _check_batch(model, batch, num_samples if i == 0 else None)
         seed_t = None if seed is None else tf.constant([int(seed), i], tf.int64)
         out = fn(batch, seed_t)
         parts.append({k: v.numpy() for k, v in out.items()})
+        seen += _check_outputs(parts[-1], seen)
         if bar is not None:
             bar.update(i + 1)
     if not parts:
         raise ValueError("x is empty: no batch to predict on.")
     merged = {k: np.concatenate([p[k] for p in parts], axis=1 if k == "samples" else 0)
               for k in parts[0]}
-    task = "classification" if kind == "classification" else "regression"
     return Prediction(task=task, num_samples=int(num_samples), **merged)

@@ -27,9 +27,7 @@ References:
 import dataclasses
 import math
 
-import numpy as np
-
-from tfp_bnn import metrics
+from tfp_bnn import tasks
 from tfp_bnn._keras import tf_keras
 from tfp_bnn.elbo import kl_weights, set_kl_weight
 
@@ -72,9 +70,7 @@ def validation_nll(model, x_val, y_val, num_samples=100, seed=0):
     -mean log p_bar[y]; regression: the moment-matched Gaussian, `metrics.gaussian_nll`)."""
     from tfp_bnn.predict import predict
     pred = predict(model, x_val, num_samples=num_samples, seed=seed, verbose=0)
-    if pred.task == "classification":
-        return metrics.nll(pred.probabilities, np.asarray(y_val).reshape(-1).astype(np.int64))
-    return metrics.gaussian_nll(pred.mean, pred.variance, y_val)
+    return tasks.get(pred.task).scores(pred, y_val)["nll"]
 
 
 def select_kl_multiplier(build, x, y, x_val, y_val, multipliers=DEFAULT_MULTIPLIERS,
