@@ -124,7 +124,7 @@ class StochasticLayer:
 
     ``call`` dispatches on the active `Context` to one of three methods a layer implements:
 
-    * ``plain_call(inputs, **kwargs)``: no context, an ordinary Keras call;
+    * ``plain_call(inputs, **kwargs)``: no context, an ordinary Keras call (default: one draw);
     * ``mean_call(inputs, **kwargs)``: `Mode.MEAN`, the posterior mean (deterministic);
     * ``sample_call(inputs, ctx, **kwargs)``: `Mode.SAMPLE`, ``inputs`` holds S sample-major
       copies of the batch and copy s sees the s-th independent draw.
@@ -151,7 +151,9 @@ class StochasticLayer:
         return self.sample_call(inputs, ctx, *args, **kwargs)
 
     def plain_call(self, inputs, **kwargs):
-        raise NotImplementedError(f"{type(self).__name__} must implement plain_call")
+        """By default one posterior sample: `sample_call` with S = 1, unseeded (a layer with a
+        training-time estimator of its own, Flipout say, overrides this)."""
+        return self.sample_call(inputs, Context(1), **kwargs)
 
     def mean_call(self, inputs, **kwargs):
         raise NotImplementedError(f"{type(self).__name__} must implement mean_call")
