@@ -149,7 +149,7 @@ def test_samples_before_any_snapshot_say_when_collection_starts():
     ({"start_epoch": -1}, "start_epoch must be an integer >= 0"),
     ({"start_epoch": 1.5}, "start_epoch must be an integer >= 0"),
     ({"start_epoch": 0, "max_rank": -1}, "max_rank must be an integer >= 0"),
-    ({"start_epoch": 0, "update_freq": 0}, "update_freq must be an integer >= 1"),
+    ({"start_epoch": 0, "update_freq": 0}, "update_freq must be a positive integer"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

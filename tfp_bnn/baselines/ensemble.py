@@ -26,43 +26,40 @@ import warnings
 
 import numpy as np
 
-from tfp_bnn import convert, sampling
+from tfp_bnn import options, replay, sampling, tasks
 from tfp_bnn._keras import is_keras3_model, keras3, tf, tf_keras
-from tfp_bnn.baselines import _rebuild
 from tfp_bnn.layers import bayesian_layers
 
 __all__ = ["DeepEnsemble", "EnsembleMembers", "ensemble_model"]
 
 
 @tf_keras.saving.register_keras_serializable(package="tfp_bnn")
-class EnsembleMembers(tf_keras.layers.Layer):
+class EnsembleMembers(sampling.StochasticLayer, tf_keras.layers.Layer):
     """Runs one of several same-shaped tf_keras models per MC sample (sample s -> member s mod M).
+
+    Plain call: one uniformly drawn member; `sampling.Mode.MEAN`: the members' mean output.
 
     Args:
         members: a list of >= 2 tf_keras models with identical input and output shapes.
     """
-
-    stochastic = True
 
     def __init__(self, members, **kwargs):
         super().__init__(**kwargs)
         members = list(members)
         _check_members(members)
         self.members = members
-        last = members[0].layers[-1] if members[0].layers else None
-        # A Gaussian head is declared on the members' last layer; output_kind reads ours.
-        if getattr(last, "predictive_output", None) is not None:
-            self.predictive_output = last.predictive_output
 
-    def call(self, inputs, training=None):
-        ctx = sampling.current()
+    def plain_call(self, inputs, training=None, **kwargs):
+        which = tf.random.uniform([], 0, len(self.members), dtype=tf.int32)
+        return tf.switch_case(which, [lambda m=m: m(inputs, training=False)
+                                      for m in self.members])
+
+    def mean_call(self, inputs, **kwargs):
+        return (tf.add_n([m(inputs, training=False) for m in self.members])
+                / float(len(self.members)))
+
+    def sample_call(self, inputs, ctx, **kwargs):
         num = len(self.members)
-        if ctx is None:
-            which = tf.random.uniform([], 0, num, dtype=tf.int32)
-            return tf.switch_case(which, [lambda m=m: m(inputs, training=False)
-                                          for m in self.members])
-        if ctx.mode == "mean":
-            return tf.add_n([m(inputs, training=False) for m in self.members]) / float(num)
         if isinstance(ctx.num_samples, int) and ctx.num_samples % num:
             warnings.warn(f"num_samples={ctx.num_samples} is not a multiple of the {num} "
                           "ensemble members: they are weighted unequally. Use num_samples="
@@ -122,7 +119,7 @@ def ensemble_model(models, name="ensemble"):
             (Keras 3 models are rebuilt as tf_keras copies, weights copied).
         name: name of the returned model.
     """
-    members = [_rebuild.clone(m, name=f"{m.name}_{i}") if is_keras3_model(m) else m
+    members = [replay.replay(m, name=f"{m.name}_{i}") if is_keras3_model(m) else m
                for i, m in enumerate(models)]
     _check_members(members)
     first = members[0]
@@ -131,14 +128,6 @@ def ensemble_model(models, name="ensemble"):
     inputs = inputs if len(inputs) > 1 else inputs[0]
     outputs = EnsembleMembers(members, name="ensemble_members")(inputs)
     return tf_keras.Model(inputs, outputs, name=name)
-
-
-def _check_num_members(num_members):
-    if isinstance(num_members, bool) or not isinstance(num_members, (int, np.integer)) \
-            or num_members < 2:
-        raise ValueError("num_members must be an integer >= 2 (one model has no spread). "
-                         f"Received: num_members={num_members!r}")
-    return int(num_members)
 
 
 def _set_seed(seed):
@@ -180,9 +169,9 @@ class DeepEnsemble:
         if not callable(build_fn):
             raise ValueError("build_fn must be a callable returning a compiled model. "
                              f"Received: build_fn={build_fn!r}")
-        self.num_members = _check_num_members(num_members)
+        self.num_members = options.integer("num_members", num_members, minimum=2)
         self.build_fn = build_fn
-        self.seed = int(seed)
+        self.seed = options.integer("seed", seed)
         self.members = []
 
     def fit(self, x, y=None, **fit_kwargs):
@@ -195,7 +184,7 @@ class DeepEnsemble:
         for m in range(self.num_members):
             _set_seed(self.seed + m)
             model = self.build_fn()
-            if not convert._is_model(model):
+            if not replay.is_model(model):
                 raise ValueError("build_fn must return a tf_keras or Keras 3 model. "
                                  f"Received: {model!r}")
             if getattr(model, "optimizer", None) is None or not getattr(model, "compiled", True):
@@ -217,3 +206,7 @@ class DeepEnsemble:
         if not self.members:
             raise ValueError("DeepEnsemble has no trained members: call fit(x, y, ...) first.")
         return ensemble_model(self.members, name=name)
+
+
+# The ensemble's task is its members' (their compiled loss, or their output layer).
+tasks.register_output_layer(EnsembleMembers, lambda layer: tasks.infer(layer.members[0]))

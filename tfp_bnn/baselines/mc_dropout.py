@@ -19,23 +19,23 @@ Example:
 References:
     Gal & Ghahramani, "Dropout as a Bayesian Approximation", ICML 2016.
 """
-import math
 import warnings
 
-from tfp_bnn import convert, sampling
+from tfp_bnn import options, replay, sampling, tasks
 from tfp_bnn._keras import keras3, tf, tf_keras
-from tfp_bnn.baselines import _rebuild
+from tfp_bnn.options import Placement
 
 __all__ = ["mc_dropout", "MCDropout", "PLACEMENTS"]
 
 # Where `mc_dropout` inserts new Dropout layers (existing ones are always kept, switched on):
 PLACEMENTS = {
-    "before_dense": "before every Dense layer except one that reads an Input layer directly "
-                    "(hidden features are dropped, raw inputs are not)",
-    "after_dense": "after every Dense layer except the ones producing the model's outputs",
-    "all": "before every Dense and Conv layer, the model's inputs included (Gal & Ghahramani's "
-           "dropout on the input of every weight layer)",
-    "none": "nowhere: only the model's existing Dropout layers, kept on at inference",
+    Placement.BEFORE_DENSE: "before every Dense layer except one that reads an Input layer "
+                            "directly (hidden features are dropped, raw inputs are not)",
+    Placement.AFTER_DENSE: "after every Dense layer except the ones producing the model's "
+                           "outputs",
+    Placement.ALL: "before every Dense and Conv layer, the model's inputs included (Gal & "
+                   "Ghahramani's dropout on the input of every weight layer)",
+    Placement.NONE: "nowhere: only the model's existing Dropout layers, kept on at inference",
 }
 # Dropout-family layers that are not plain Dropout: copied unchanged (off at inference).
 _OTHER_NOISE = ("SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianDropout",
@@ -43,42 +43,40 @@ _OTHER_NOISE = ("SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "Gau
 
 
 @tf_keras.saving.register_keras_serializable(package="tfp_bnn")
-class MCDropout(tf_keras.layers.Dropout):
-    """Dropout that is on in every call, training or not (the layer's ``stochastic`` flag).
+class MCDropout(sampling.StochasticLayer, tf_keras.layers.Dropout):
+    """Dropout that is on in every call, training or not (a `sampling.StochasticLayer`).
 
-    Same constructor as ``tf_keras.layers.Dropout``.
+        keep ~ Bernoulli(1 - rate),   outputs = inputs * keep / (1 - rate)
+
+    Same constructor as ``tf_keras.layers.Dropout``. In `sampling.Mode.MEAN` it is the
+    identity (the expectation of the inverted-dropout mask).
     """
 
-    stochastic = True
-
     def __init__(self, rate, noise_shape=None, seed=None, **kwargs):
-        super().__init__(_check_rate(rate), noise_shape=noise_shape, seed=seed, **kwargs)
+        super().__init__(options.probability("rate", rate), noise_shape=noise_shape, seed=seed,
+                         **kwargs)
 
-    def call(self, inputs, training=None):
-        ctx = sampling.current()
+    def plain_call(self, inputs, training=None, **kwargs):
         inputs = tf.convert_to_tensor(inputs)
-        if ctx is not None and ctx.mode == "mean":
-            return tf.identity(inputs)
+        return self._drop(inputs, tf.random.uniform(self._mask_shape(inputs)) >= self.rate)
+
+    def mean_call(self, inputs, **kwargs):
+        return tf.identity(tf.convert_to_tensor(inputs))
+
+    def sample_call(self, inputs, ctx, **kwargs):
+        inputs = tf.convert_to_tensor(inputs)
+        # The context only hands out normals: two of them, bit-cast, seed the uniform draws
+        # (reproducible under a seeded context, fresh otherwise).
+        seed = tf.cast(tf.bitcast(ctx.normal([2], tf.float32), tf.int32), tf.int64)
+        return self._drop(inputs, tf.random.stateless_uniform(self._mask_shape(inputs), seed)
+                          >= self.rate)
+
+    def _mask_shape(self, inputs):
         shape = self._get_noise_shape(inputs)
-        shape = tf.shape(inputs) if shape is None else shape
-        if ctx is None:
-            keep = tf.random.uniform(shape) >= self.rate
-        else:
-            # The context only hands out normals: two of them, bit-cast, seed the uniform draws
-            # (reproducible under a seeded context, fresh otherwise).
-            seed = tf.cast(tf.bitcast(ctx.normal([2], tf.float32), tf.int32), tf.int64)
-            keep = tf.random.stateless_uniform(shape, seed) >= self.rate
+        return tf.shape(inputs) if shape is None else shape
+
+    def _drop(self, inputs, keep):
         return inputs * tf.cast(keep, inputs.dtype) / tf.cast(1.0 - self.rate, inputs.dtype)
-
-
-def _check_rate(rate):
-    try:
-        ok = not isinstance(rate, bool) and 0.0 < float(rate) < 1.0 and math.isfinite(float(rate))
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(f"rate must be a number strictly between 0 and 1. Received: rate={rate!r}")
-    return float(rate)
 
 
 def _is_plain_dropout(layer):
@@ -95,7 +93,7 @@ class _Before:
         self.dropout, self.layer, self.on_inputs = dropout, layer, on_inputs
 
     def __call__(self, inputs, *args, **kwargs):
-        if self.on_inputs or not _rebuild.is_input_tensor(inputs):
+        if self.on_inputs or not replay.is_input_tensor(inputs):
             inputs = self.dropout(inputs)
         return self.layer(inputs, *args, **kwargs)
 
@@ -108,7 +106,7 @@ class _After:
         return self.dropout(self.layer(*args, **kwargs))
 
 
-def mc_dropout(model, rate=0.1, where="before_dense"):
+def mc_dropout(model, rate=0.1, where="before_dense", task=None):
     """Return a NEW tf_keras model whose dropout stays on at inference (MC dropout).
 
     Existing ``Dropout`` layers are kept (with their own rate) and switched on; new ones with
@@ -127,6 +125,8 @@ def mc_dropout(model, rate=0.1, where="before_dense"):
         model: a built tf_keras or Keras 3 model (Sequential or Functional).
         rate: dropout probability of the inserted layers, in (0, 1).
         where: one of `PLACEMENTS`.
+        task: the model's task (`tfp_bnn.tasks`); None reads it from ``model`` (its compiled
+            loss or output layer). The returned model carries it.
 
     Returns:
         A tf_keras Functional model (uncompiled) to pass to `tfp_bnn.predict` or
@@ -136,41 +136,45 @@ def mc_dropout(model, rate=0.1, where="before_dense"):
         >>> mcd = tfp_bnn.mc_dropout(model, rate=0.1)
         >>> tfp_bnn.predict(mcd, x, num_samples=100).mutual_information
     """
-    rate = _check_rate(rate)
-    if not isinstance(where, str) or where not in PLACEMENTS:
-        raise ValueError(f"Unknown placement: where={where!r}. Valid: {sorted(PLACEMENTS)}")
+    rate = options.probability("rate", rate)
+    where = options.choice("where", where, Placement, what="placement")
     skipped = []
 
-    def make(layer):
+    def hook(layer):
         if _is_plain_dropout(layer):
             config = layer.get_config()
-            new = MCDropout(config["rate"], noise_shape=config.get("noise_shape"),
-                            seed=config.get("seed"), name=layer.name)
-            return new, None
-        if type(layer).__name__ in _OTHER_NOISE:
+            return replay.Replacement(MCDropout(
+                config["rate"], noise_shape=config.get("noise_shape"), seed=config.get("seed"),
+                name=layer.name))
+        if replay.builtin(layer, *_OTHER_NOISE):
             skipped.append(layer.name)
             return None
-        kind = convert._kind(layer)
-        if kind is None or where == "none" or (kind != "Dense" and where != "all"):
+        kind = replay.kind(layer)
+        if kind is None or where == Placement.NONE or (
+                kind != "Dense" and where != Placement.ALL):
             return None
-        copy = convert._copy_layer(layer)
-        if where == "after_dense":
-            if any(layer is out for out in outputs):
-                return None
-            return _After(copy, MCDropout(rate, name=f"{layer.name}_mc_dropout")), copy
+        if where == Placement.AFTER_DENSE and any(layer is out for out in outputs):
+            return None
+        copy = replay.copy(layer)
         dropout = MCDropout(rate, name=f"{layer.name}_mc_dropout")
-        return _Before(dropout, copy, on_inputs=(where == "all")), copy
+        if where == Placement.AFTER_DENSE:
+            return replay.Replacement(_After(copy.call, dropout), copy.copy_weights)
+        return replay.Replacement(_Before(dropout, copy.call, on_inputs=where == Placement.ALL),
+                                  copy.copy_weights)
 
-    if not convert._is_model(model):
+    if not replay.is_model(model):
         raise ValueError("model must be a tf_keras or Keras 3 Model. "
                          f"Received: model={model!r} (type {type(model).__name__})")
-    outputs = _rebuild.output_layers(model)
-    new = _rebuild.clone(model, make, name=f"{model.name}_mc_dropout")
+    outputs = replay.output_layers(model)
+    new = replay.replay(model, hook, name=f"{model.name}_mc_dropout")
     if skipped:
         warnings.warn(f"mc_dropout: layers {skipped} are not plain Dropout; they were copied "
                       "unchanged and stay off at inference.", UserWarning, stacklevel=2)
     if not any(isinstance(l, MCDropout) for l in new._flatten_layers(include_self=False)):
-        raise ValueError(f"mc_dropout(where={where!r}) left model {model.name!r} without any "
+        raise ValueError(f"mc_dropout(where={where.value!r}) left model {model.name!r} without any "
                          "dropout: it has no Dropout layer and no Dense layer where new dropout "
                          f"would go. Use another placement: {sorted(PLACEMENTS)}")
+    task = tasks.infer(model) if task is None else tasks.resolve(model, task)
+    if task is not None:
+        tasks.declare(new, task)
     return new

@@ -39,30 +39,13 @@ import math
 
 import numpy as np
 
-from tfp_bnn import convert, sampling
+from tfp_bnn import options, replay, sampling, tasks
 from tfp_bnn._keras import tf, tf_keras
-from tfp_bnn.baselines import _rebuild
 from tfp_bnn.baselines.ensemble import ensemble_model
 
 __all__ = ["SWAG", "SWAGDense", "SWAGNoise", "recompute_batchnorm"]
 
 _register = tf_keras.saving.register_keras_serializable(package="tfp_bnn")
-
-
-def _int_at_least(name, value, low):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}. Received: {name}={value!r}")
-    return int(value)
-
-
-def _check_scale(scale):
-    try:
-        ok = float(scale) >= 0 and math.isfinite(float(scale))
-    except (TypeError, ValueError):
-        ok = False
-    if not ok or isinstance(scale, bool):
-        raise ValueError(f"scale must be a non-negative number. Received: scale={scale!r}")
-    return float(scale)
 
 
 def _coefficients(scale, rank):
@@ -76,27 +59,22 @@ def _coefficients(scale, rank):
 # Layers of the per-call sampling model
 # ---------------------------------------------------------------------------------------------
 @_register
-class SWAGNoise(tf_keras.layers.Layer):
+class SWAGNoise(sampling.StochasticLayer, tf_keras.layers.Layer):
     """The low-rank noise ``z2`` of one SWAG sample, one row per input row: ``[N, rank]``.
 
     Rows of one MC sample (sample-major tiling) share a draw; outside a sampling context the
     whole batch shares one draw (one call = one sample); in "mean" mode it is zero.
     """
 
-    stochastic = True
-
     def __init__(self, rank, **kwargs):
         super().__init__(**kwargs)
-        self.rank = _int_at_least("rank", rank, 0)
+        self.rank = options.integer("rank", rank, minimum=0)
 
-    def call(self, inputs):
+    def mean_call(self, inputs, **kwargs):
+        return tf.zeros([tf.shape(inputs)[0], self.rank], self.dtype)
+
+    def sample_call(self, inputs, ctx, **kwargs):
         rows = tf.shape(inputs)[0]
-        ctx = sampling.current()
-        if ctx is not None and ctx.mode == "mean":
-            return tf.zeros([rows, self.rank], self.dtype)
-        if ctx is None:
-            return tf.zeros([rows, 1], self.dtype) + tf.random.normal([1, self.rank],
-                                                                     dtype=self.dtype)
         s = tf.cast(ctx.num_samples, tf.int32)
         return tf.repeat(ctx.normal(tf.stack([s, self.rank]), self.dtype), rows // s, axis=0)
 
@@ -108,26 +86,24 @@ class SWAGNoise(tf_keras.layers.Layer):
 
 
 @_register
-class SWAGDense(tf_keras.layers.Layer):
+class SWAGDense(sampling.StochasticLayer, tf_keras.layers.Layer):
     """Dense layer whose kernel and bias are one SWAG sample per MC sample; called on ``[h, z2]``.
 
         W_s = W_mean + c1 * sqrt(diag_W) * Z1_s + c2 * sum_k z2_sk D_k^W     (b_s likewise)
         out = h W_s + b_s
 
-    ``z2`` comes from `SWAGNoise` (shared by all layers of one sample). As in the tfp_bnn
-    Bayesian layers, the diagonal term is drawn in weight space (S * in * units normals) or, when
-    a sample has fewer rows than the layer has inputs, in output space by local
-    reparameterisation (``h Z1 ~ N(0, h^2 diag_W)`` per row: exact per-example samples), whichever
-    needs fewer random numbers. All weights are non-trainable statistics set by `SWAG.as_model`.
+    ``z2`` comes from `SWAGNoise` (shared by all layers of one sample). Given ``z2`` the weights
+    are a mean-field Gaussian around a per-sample mean, sampled by `sampling.gaussian_matmul`
+    as the tfp_bnn Bayesian layers are: in weight space, or in output space by local
+    reparameterisation (exact per-example samples), whichever is cheaper. All weights are
+    non-trainable statistics set by `SWAG.as_model`.
     """
-
-    stochastic = True
 
     def __init__(self, units, rank, scale=0.5, activation=None, use_bias=True, **kwargs):
         super().__init__(**kwargs)
-        self.units = _int_at_least("units", units, 1)
-        self.rank = _int_at_least("rank", rank, 0)
-        self.scale = _check_scale(scale)
+        self.units = options.integer("units", units, minimum=1)
+        self.rank = options.integer("rank", rank, minimum=0)
+        self.scale = options.number("scale", scale, minimum=0.0)
         self.activation = tf_keras.activations.get(activation)
         self.use_bias = bool(use_bias)
         self.c1, self.c2 = _coefficients(self.scale, self.rank)
@@ -145,47 +121,34 @@ class SWAGDense(tf_keras.layers.Layer):
             self.bias_dev = add("bias_dev", (self.rank, self.units))
         self.built = True
 
-    def call(self, inputs):
-        h, z = inputs
-        ctx = sampling.current()
-        if ctx is not None and ctx.mode == "mean":
-            out = tf.matmul(h, self.kernel_mean)
-            out = out + self.bias_mean if self.use_bias else out
-            return self.activation(out) if self.activation is not None else out
-
-        def normal(shape):
-            if ctx is None:
-                return tf.random.normal(shape, dtype=h.dtype)
-            return ctx.normal(shape, h.dtype)
-
-        s = tf.constant(1, tf.int32) if ctx is None else tf.cast(ctx.num_samples, tf.int32)
-        in_dim = self.kernel_mean.shape[0]
-        h3 = tf.reshape(h, [s, -1, in_dim])  # rows are sample-major
-        low = 0.0
-        if self.c2:  # K >= 2 deviations
-            z_s = tf.reshape(z, [s, -1, self.rank])[:, 0, :]  # [S, K]: one z2 per sample
-            low = tf.einsum("sk,kio->sio", z_s, self.kernel_dev) * self.c2  # [S, in, units]
-
-        def weight_space():
-            noise = normal(tf.stack([s, in_dim, self.units]))
-            kernel = self.kernel_mean + self.c1 * self.kernel_std * noise + low
-            return tf.einsum("sbi,sio->sbo", h3, kernel)
-
-        def output_space():
-            mean = tf.einsum("sbi,io->sbo", h3, self.kernel_mean)
-            if self.c2:
-                mean = mean + tf.einsum("sbi,sio->sbo", h3, low)
-            std = tf.sqrt(tf.einsum("sbi,io->sbo", tf.square(h3), tf.square(self.kernel_std)))
-            return mean + self.c1 * std * normal(tf.shape(mean))
-
-        out = tf.cond(tf.shape(h3)[1] < in_dim, output_space, weight_space)
-        if self.use_bias:
-            bias = self.bias_mean + self.c1 * self.bias_std * normal(tf.stack([s, self.units]))
-            if self.c2:
-                bias = bias + self.c2 * tf.einsum("sk,ko->so", z_s, self.bias_dev)
-            out = out + bias[:, tf.newaxis, :]
-        out = tf.reshape(out, [-1, self.units])
+    def _activate(self, out):
         return self.activation(out) if self.activation is not None else out
+
+    def mean_call(self, inputs, **kwargs):
+        out = tf.matmul(inputs[0], self.kernel_mean)
+        return self._activate(out + self.bias_mean if self.use_bias else out)
+
+    def sample_call(self, inputs, ctx, **kwargs):
+        h, z = inputs
+        kernel_shift = bias_shift = None
+        if self.c2:  # K >= 2 deviations: the low-rank term, one z2 per sample
+            z_s = tf.reshape(z, tf.stack([ctx.num_samples, -1, self.rank]))[:, 0, :]  # [S, K]
+            kernel_shift = self.c2 * tf.einsum("sk,kio->sio", z_s, self.kernel_dev)
+            if self.use_bias:
+                bias_shift = self.c2 * tf.einsum("sk,ko->so", z_s, self.bias_dev)
+        c1 = self.c1
+        kernel = sampling.Gaussian(tf.convert_to_tensor(self.kernel_mean),
+                                   lambda: c1 * tf.convert_to_tensor(self.kernel_std),
+                                   shift=kernel_shift)
+        bias = None
+        if self.use_bias:
+            bias = sampling.Gaussian(tf.convert_to_tensor(self.bias_mean),
+                                     lambda: c1 * tf.convert_to_tensor(self.bias_std),
+                                     shift=bias_shift)
+        return self._activate(sampling.gaussian_matmul(h, ctx, kernel, bias))
+
+    def mc_rows_threshold(self):
+        return sampling.output_space_threshold(*self.kernel_mean.shape)
 
     def compute_output_shape(self, input_shape):
         return tf.TensorShape(input_shape[0][:-1]).concatenate([self.units])
@@ -259,9 +222,9 @@ class SWAG(tf_keras.callbacks.Callback):
 
     def __init__(self, start_epoch, max_rank=20, update_freq=1):
         super().__init__()
-        self.start_epoch = _int_at_least("start_epoch", start_epoch, 0)
-        self.max_rank = _int_at_least("max_rank", max_rank, 0)
-        self.update_freq = _int_at_least("update_freq", update_freq, 1)
+        self.start_epoch = options.integer("start_epoch", start_epoch, minimum=0)
+        self.max_rank = options.integer("max_rank", max_rank, minimum=0)
+        self.update_freq = options.integer("update_freq", update_freq, minimum=1)
         self.num_snapshots = 0
         self._source = None
         self._mean = self._sq_mean = None
@@ -320,7 +283,7 @@ class SWAG(tf_keras.callbacks.Callback):
     def sample_weights(self, scale=0.5, seed=None):
         """One flat weight vector theta ~ SWAG (see module doc); numpy float64."""
         self._require()
-        scale = _check_scale(scale)
+        scale = options.number("scale", scale, 0)
         rng = np.random.default_rng(seed)
         dev = self.deviations
         c1, c2 = _coefficients(scale, len(dev))
@@ -366,7 +329,7 @@ class SWAG(tf_keras.callbacks.Callback):
                 return False
             if not layer.weights:
                 continue
-            if convert._kind(layer) != "Dense" or not isinstance(layer, tf_keras.layers.Layer):
+            if replay.kind(layer) != "Dense" or not isinstance(layer, tf_keras.layers.Layer):
                 return False
             for node in layer._inbound_nodes:
                 if any(len(t.shape) != 2 for t in tf.nest.flatten(node.input_tensors)):
@@ -385,15 +348,21 @@ class SWAG(tf_keras.callbacks.Callback):
             name: model name (default ``<model>_swag``).
         """
         self._require()
-        scale = _check_scale(scale)
+        scale = options.number("scale", scale, 0)
         name = name or f"{self._source.name}_swag"
         if not self._per_call_supported():
-            num_draws = _int_at_least("num_draws", num_draws, 2)
+            num_draws = options.integer("num_draws", num_draws, minimum=2)
             bank = [self.sample_model(scale, seed=seed + i, bn_x=bn_x) for i in range(num_draws)]
             for i, m in enumerate(bank):
                 m._name = f"swag_draw_{i}"
-            return ensemble_model(bank, name=name)
-        return self._per_call_model(scale, name)
+            model = ensemble_model(bank, name=name)
+        else:
+            model = self._per_call_model(scale, name)
+        # The copies are uncompiled: the task is the source model's (its loss, while training).
+        task = tasks.infer(self._source)
+        if task is not None:
+            tasks.declare(model, task)
+        return model
 
     def _per_call_model(self, scale, name):
         source = self._source
@@ -406,16 +375,16 @@ class SWAG(tf_keras.callbacks.Callback):
         variance, mean = self.variance, self._mean
         made, shared = [], {"rank": rank}
 
-        def make(layer):
-            if convert._kind(layer) != "Dense":
+        def hook(layer):
+            if replay.kind(layer) != "Dense":
                 return None
             config = layer.get_config()
             dense = SWAGDense(config["units"], rank, scale, activation=config["activation"],
                               use_bias=config["use_bias"], name=layer.name)
             made.append((layer, dense))
-            return _WithNoise(dense, shared), None
+            return replay.Replacement(_WithNoise(dense, shared))
 
-        model = _rebuild.clone(source, make, name=name)
+        model = replay.replay(source, hook, name=name)
 
         def stats(var):
             if id(var) not in offsets:  # a frozen weight: a point mass at its value
