@@ -50,59 +50,41 @@ import math
 
 import numpy as np
 
-from tfp_bnn import convert, metrics, sampling
+from tfp_bnn import metrics, options, replay, sampling, tasks
 from tfp_bnn._keras import tf, tf_keras
-from tfp_bnn.baselines import _rebuild
+from tfp_bnn.baselines.hessians import STRUCTURES
+from tfp_bnn.options import Hessian, Likelihood, Subset, Task
 
 __all__ = ["laplace", "Laplace", "LaplaceDense", "SUBSETS", "HESSIANS", "LIKELIHOODS"]
 
-SUBSETS = ("last_layer",)
-HESSIANS = ("diag", "kron", "full")
-LIKELIHOODS = ("classification", "regression")
+# The options of `laplace` (str enums of `tfp_bnn.options`), under their old names.
+SUBSETS, HESSIANS, LIKELIHOODS = Subset, Hessian, Likelihood
 _LOG10_GRID = np.linspace(-6.0, 6.0, 121)
 
 
-def _choice(name, value, valid):
-    if not isinstance(value, str) or value not in valid:
-        raise ValueError(f"Unknown {name}: {name}={value!r}. Valid: {list(valid)}")
-    return value
-
-
-def _positive(name, value):
-    try:
-        ok = not isinstance(value, bool) and float(value) > 0 and math.isfinite(float(value))
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(f"{name} must be a positive number. Received: {name}={value!r}")
-    return float(value)
-
-
 @tf_keras.saving.register_keras_serializable(package="tfp_bnn")
-class LaplaceDense(tf_keras.layers.Layer):
+class LaplaceDense(sampling.StochasticLayer, tf_keras.layers.Layer):
     """Linear output layer with Gaussian weights ``[W; b] = mean + square-root-covariance * z``.
 
-    One weight draw per MC sample (per call outside `tfp_bnn.sampling.mc_sampling`), in
-    weight space; "mean" mode uses the MAP weights. The square root depends on ``hessian``:
+    One weight draw per MC sample (per call outside `tfp_bnn.sampling.mc_sampling`); "mean"
+    mode uses the MAP weights. The square root depends on ``hessian``:
 
         diag:  delta_W = std * Z
         kron:  delta_W = Q_A (Z * inv_sqrt) Q_G^T       (eigenvectors of A and G)
         full:  vec(delta_W) = T z,  T = L^-T, L L^T = H + delta I
 
+    A diagonal posterior is mean-field Gaussian: it samples through `sampling.gaussian_matmul`
+    (output space when that is cheaper, as the VI Dense layers do); the others in weight space.
     With ``sigma`` set (regression) the output is ``[f, sigma]``: a Gaussian head.
     All weights are non-trainable and set by `Laplace.as_model`.
     """
 
-    stochastic = True
-
     def __init__(self, units, hessian, use_bias=True, sigma=None, **kwargs):
         super().__init__(**kwargs)
         self.units = int(units)
-        self.hessian = _choice("hessian", hessian, HESSIANS)
+        self.hessian = options.choice("hessian", hessian, Hessian).value
         self.use_bias = bool(use_bias)
         self.sigma = None if sigma is None else float(sigma)
-        if self.sigma is not None:
-            self.predictive_output = "gaussian"
 
     def build(self, input_shape):
         rows = int(input_shape[-1]) + int(self.use_bias)
@@ -129,25 +111,39 @@ class LaplaceDense(tf_keras.layers.Layer):
         flat = tf.matmul(tf.reshape(z, [s, -1]), self.sqrt_cov, transpose_b=True)
         return tf.reshape(flat, tf.shape(z))
 
-    def call(self, inputs):
+    def _features(self, inputs):
         phi = tf.convert_to_tensor(inputs)
         if self.use_bias:
             phi = tf.concat([phi, tf.ones_like(phi[:, :1])], axis=-1)
-        ctx = sampling.current()
-        if ctx is not None and ctx.mode == "mean":
-            out = tf.matmul(phi, self.mean)
-        else:
-            s = tf.constant(1, tf.int32) if ctx is None else tf.cast(ctx.num_samples, tf.int32)
-            shape = tf.concat([[s], tf.shape(self.mean)], 0)
-            z = (tf.random.normal(shape, dtype=phi.dtype) if ctx is None
-                 else ctx.normal(shape, phi.dtype))
-            weights = self.mean + self._delta(z)
-            rows = tf.shape(phi)[0]
-            per_sample = tf.reshape(phi, [s, rows // s, -1])
-            out = tf.reshape(tf.einsum("sbi,sic->sbc", per_sample, weights), [rows, self.units])
-        if self.sigma is not None:
-            out = tf.concat([out, tf.fill(tf.shape(out), tf.cast(self.sigma, out.dtype))], -1)
-        return out
+        return phi
+
+    def _head(self, out):
+        if self.sigma is None:
+            return out
+        return tf.concat([out, tf.fill(tf.shape(out), tf.cast(self.sigma, out.dtype))], -1)
+
+    def mean_call(self, inputs, **kwargs):
+        return self._head(tf.matmul(self._features(inputs), self.mean))
+
+    def sample_call(self, inputs, ctx, **kwargs):
+        phi = self._features(inputs)
+        if self.hessian == "diag":
+            std = self.std
+            return self._head(sampling.gaussian_matmul(
+                phi, ctx, sampling.Gaussian(tf.convert_to_tensor(self.mean),
+                                            lambda: tf.convert_to_tensor(std))))
+        s = tf.cast(ctx.num_samples, tf.int32)
+        shape = tf.concat([[s], tf.shape(self.mean)], 0)
+        weights = self.mean + self._delta(ctx.normal(shape, phi.dtype))
+        rows = tf.shape(phi)[0]
+        per_sample = tf.reshape(phi, [s, rows // s, -1])
+        return self._head(tf.reshape(tf.einsum("sbi,sic->sbc", per_sample, weights),
+                                     [rows, self.units]))
+
+    def mc_rows_threshold(self):
+        if self.hessian != "diag":
+            return None
+        return sampling.output_space_threshold(*self.mean.shape)
 
     def compute_output_shape(self, input_shape):
         width = self.units * (2 if self.sigma is not None else 1)
@@ -199,68 +195,32 @@ class Laplace:
         self.num_classes = kernel.shape[1]
         phi = self._augment(phi)
         f = phi @ self.theta_map
-        if likelihood == "classification":
+        if likelihood == Likelihood.CLASSIFICATION:
             self.sigma_noise = None
             logp = f - f.max(1, keepdims=True)
             logp = logp - np.log(np.exp(logp).sum(1, keepdims=True))
             self.log_likelihood = float(logp[np.arange(len(targets)), targets].sum())
-            p = np.exp(logp)
-            self.hessian = self._ggn_classification(phi, p)
+            self._structure = STRUCTURES[hessian].classification(phi, np.exp(logp))
         else:
             resid = targets - f
             self.sigma_noise = (float(np.sqrt(np.mean(resid ** 2))) if sigma_noise is None
-                                else _positive("sigma_noise", sigma_noise))
+                                else options.number("sigma_noise", sigma_noise, 0, strict=True))
             s2 = self.sigma_noise ** 2
             self.log_likelihood = float(-0.5 * np.sum(resid ** 2 / s2 + np.log(2 * np.pi * s2)))
-            self.hessian = self._ggn_regression(phi, s2)
-        self._eigen()
+            self._structure = STRUCTURES[hessian].regression(phi, s2, self.num_classes)
+        self.hessian = self._structure.hessian
 
     def _augment(self, phi):
         phi = np.asarray(phi, np.float64)
         return np.hstack([phi, np.ones((len(phi), 1))]) if self.use_bias else phi
 
-    # --- the GGN ----------------------------------------------------------------------------
-    def _ggn_classification(self, phi, p):
-        if self.hessian_structure == "diag":
-            return np.square(phi).T @ (p * (1.0 - p))
-        if self.hessian_structure == "kron":
-            g = (np.einsum("nc,cd->cd", p, np.eye(p.shape[1])) - p.T @ p) / len(p)
-            return phi.T @ phi, g
-        rows, c = phi.shape[1], p.shape[1]
-        h = np.zeros((rows, c, rows, c))
-        for start in range(0, len(p), 256):
-            ph, pp = phi[start:start + 256], p[start:start + 256]
-            lam = np.einsum("na,ab->nab", pp, np.eye(c)) - np.einsum("na,nb->nab", pp, pp)
-            h += np.einsum("ni,nj,nab->iajb", ph, ph, lam, optimize=True)
-        return h.reshape(rows * c, rows * c)
-
-    def _ggn_regression(self, phi, s2):
-        c = self.num_classes
-        a = phi.T @ phi / s2
-        if self.hessian_structure == "diag":
-            return np.repeat(np.diag(a)[:, None], c, axis=1)
-        if self.hessian_structure == "kron":
-            return a, np.eye(c)
-        return np.kron(a, np.eye(c))
-
-    def _eigen(self):
-        if self.hessian_structure == "diag":
-            self._eigenvalues = np.maximum(self.hessian.ravel(), 0.0)
-        elif self.hessian_structure == "kron":
-            la, self._q_a = np.linalg.eigh(self.hessian[0])
-            lg, self._q_g = np.linalg.eigh(self.hessian[1])
-            self._lam_a, self._lam_g = np.maximum(la, 0.0), np.maximum(lg, 0.0)
-            self._eigenvalues = np.outer(self._lam_a, self._lam_g).ravel()
-        else:
-            self._eigenvalues = np.maximum(np.linalg.eigvalsh(self.hessian), 0.0)
-
     # --- prior precision --------------------------------------------------------------------
     def log_marginal_likelihood(self, prior_precision=None):
         """Laplace evidence log p(D | delta) (up to a constant in delta; see module doc)."""
         delta = self.prior_precision if prior_precision is None else float(prior_precision)
-        num = self._eigenvalues.size
+        eigenvalues = self._structure.eigenvalues
         scatter = delta * float(np.sum(np.square(self.theta_map)))
-        log_det = float(np.sum(np.log(self._eigenvalues + delta))) - num * math.log(delta)
+        log_det = float(np.sum(np.log(eigenvalues + delta))) - eigenvalues.size * math.log(delta)
         return self.log_likelihood - 0.5 * (scatter + log_det)
 
     def validation_nll(self, x_val, y_val, prior_precision=None, batch_size=256):
@@ -272,7 +232,7 @@ class Laplace:
         return self._linearised_nll(phi, targets, delta)
 
     def _linearised_nll(self, phi, targets, delta):
-        if self.likelihood == "regression":
+        if self.likelihood == Likelihood.REGRESSION:
             var = self._function_variance(phi, delta) + self.sigma_noise ** 2
             return metrics.gaussian_nll(phi @ self.theta_map, var, targets)
         logp = self._probit_log_probs(phi, delta)
@@ -307,52 +267,30 @@ class Laplace:
     @property
     def posterior_precision(self):
         """H + delta I in the chosen structure (kron: the dense Kronecker product)."""
-        d = self.prior_precision
-        if self.hessian_structure == "diag":
-            return self.hessian + d
-        if self.hessian_structure == "kron":
-            dense = np.kron(*self.hessian)
-            return dense + d * np.eye(len(dense))
-        return self.hessian + d * np.eye(len(self.hessian))
+        return self._structure.precision(self.prior_precision)
 
     # --- predictive -------------------------------------------------------------------------
     def _function_variance(self, phi, prior_precision=None):
         """[B, C] variance of the linearised outputs f = phi~^T theta."""
         d = self.prior_precision if prior_precision is None else prior_precision
-        rows, c = self.theta_map.shape
-        if self.hessian_structure == "diag":
-            return np.square(phi) @ (1.0 / (self.hessian + d))
-        if self.hessian_structure == "kron":
-            u = np.square(phi @ self._q_a)  # [B, rows]
-            v = u @ (1.0 / (np.outer(self._lam_a, self._lam_g) + d))  # [B, C] in G's eigenbasis
-            return v @ np.square(self._q_g).T
-        cov = np.linalg.inv(self.hessian + d * np.eye(len(self.hessian))).reshape(rows, c, rows, c)
-        return np.einsum("bi,bj,icjc->bc", phi, phi, cov, optimize=True)
+        return self._structure.function_variance(phi, d)
 
     def predict_probit(self, x, batch_size=256):
         """Probit approximation of the predictive: softmax(mu / sqrt(1 + pi/8 var)) [B, C]."""
-        if self.likelihood != "classification":
+        if self.likelihood != Likelihood.CLASSIFICATION:
             raise ValueError("predict_probit is for classification; this Laplace has "
                              "likelihood='regression' (use as_model() with tfp_bnn.predict).")
         return np.exp(self._probit_log_probs(self._phi(x, batch_size))).astype(np.float32)
 
-    def _square_root(self):
-        d = self.prior_precision
-        if self.hessian_structure == "diag":
-            return [1.0 / np.sqrt(self.hessian + d)]
-        if self.hessian_structure == "kron":
-            return [self._q_a, self._q_g, 1.0 / np.sqrt(np.outer(self._lam_a, self._lam_g) + d)]
-        chol = np.linalg.cholesky(self.posterior_precision)
-        return [np.linalg.inv(chol).T]  # cov = (L L^T)^-1 = L^-T L^-1
-
     def as_model(self, name=None):
         """A tf_keras model drawing last-layer weights per MC sample (predict / export)."""
-        model = _rebuild.clone(self._model, name=name or f"{self._model.name}_laplace")
-        last = _rebuild.output_layers(model)[0]
+        model = replay.replay(self._model, name=name or f"{self._model.name}_laplace")
+        last = replay.output_layers(model)[0]
         layer = LaplaceDense(self.num_classes, self.hessian_structure, use_bias=self.use_bias,
                              sigma=self.sigma_noise, name=f"{last.name}_laplace")
         outputs = layer(last.input)
-        layer.set_weights([w.astype(np.float32) for w in [self.theta_map] + self._square_root()])
+        square_root = self._structure.square_root(self.prior_precision)
+        layer.set_weights([w.astype(np.float32) for w in [self.theta_map] + square_root])
         return tf_keras.Model(model.inputs, outputs, name=model.name)
 
 
@@ -360,8 +298,8 @@ def _output_dense(model):
     if len(model.outputs) != 1:
         raise ValueError(f"laplace needs a model with one output; model {model.name!r} has "
                          f"{len(model.outputs)}.")
-    last = _rebuild.output_layers(model)[0]
-    if convert._kind(last) != "Dense":
+    last = replay.output_layers(model)[0]
+    if replay.kind(last) != "Dense":
         raise ValueError(f"laplace(subset='last_layer') needs a model whose output layer is "
                          f"Dense; model {model.name!r} ends in layer {last.name!r} "
                          f"({type(last).__name__}).")
@@ -371,7 +309,7 @@ def _output_dense(model):
 def _targets(y, likelihood, num_classes, name, length):
     """Integer labels [N] (classification) or float targets [N, C] (regression), checked."""
     y = np.asarray(y)
-    if likelihood == "classification":
+    if likelihood == Likelihood.CLASSIFICATION:
         targets = (y.argmax(-1) if y.ndim == 2 and y.shape[1] > 1 else y.reshape(-1)).astype(int)
         if len(targets) and (targets.min() < 0 or targets.max() >= num_classes):
             raise ValueError(f"{name} must hold class indices in [0, {num_classes}). Received "
@@ -413,15 +351,15 @@ def laplace(model, x, y, subset="last_layer", hessian="kron", prior_precision="m
         >>> la = tfp_bnn.laplace(model, x_fit, y_fit, prior_precision="val_nll",
         ...                      x_val=x_val, y_val=y_val)
     """
-    _choice("subset", subset, SUBSETS)
-    hessian = _choice("hessian", hessian, HESSIANS)
-    likelihood = _choice("likelihood", likelihood, LIKELIHOODS)
+    options.choice("subset", subset, Subset)
+    hessian = options.choice("hessian", hessian, Hessian)
+    likelihood = options.choice("likelihood", likelihood, Likelihood)
     if not (isinstance(prior_precision, str) and prior_precision in ("marglik", "val_nll")):
         if isinstance(prior_precision, str):
             raise ValueError("prior_precision must be 'marglik' or a positive number, or 'val_nll' "
                              "with x_val and y_val. "
                              f"Received: prior_precision={prior_precision!r}")
-        prior_precision = _positive("prior_precision", prior_precision)
+        prior_precision = options.number("prior_precision", prior_precision, 0, strict=True)
     if prior_precision == "val_nll":
         for name, value in (("x_val", x_val), ("y_val", y_val)):
             if value is None:
@@ -430,16 +368,16 @@ def laplace(model, x, y, subset="last_layer", hessian="kron", prior_precision="m
     elif x_val is not None or y_val is not None:
         raise ValueError("x_val and y_val are only used with prior_precision='val_nll'. "
                          f"Received: prior_precision={prior_precision!r}")
-    if not convert._is_model(model):
+    if not replay.is_model(model):
         raise ValueError("model must be a tf_keras or Keras 3 Model. "
                          f"Received: model={model!r} (type {type(model).__name__})")
     _output_dense(model)
-    copy = _rebuild.clone(model)
+    copy = replay.replay(model)
     last = _output_dense(copy)
     activation = last.get_config().get("activation")
-    allowed = ("linear", "softmax") if likelihood == "classification" else ("linear",)
+    allowed = ("linear", "softmax") if likelihood == Likelihood.CLASSIFICATION else ("linear",)
     if activation not in allowed:
-        raise ValueError(f"laplace(likelihood={likelihood!r}) needs the output Dense layer "
+        raise ValueError(f"laplace(likelihood={likelihood.value!r}) needs the output Dense layer "
                          f"{last.name!r} to have activation in {allowed} (logits); it has "
                          f"activation={activation!r}.")
     try:
@@ -465,3 +403,8 @@ def laplace(model, x, y, subset="last_layer", hessian="kron", prior_precision="m
     else:
         result.prior_precision = prior_precision
     return result
+
+
+# With sigma the output is [f, sigma], a Gaussian head; otherwise softmax logits.
+tasks.register_output_layer(
+    LaplaceDense, lambda layer: Task.GAUSSIAN if layer.sigma is not None else Task.MULTICLASS)
