@@ -97,6 +97,14 @@ def test_kl_weight_from():
         elbo.kl_weight_from()
 
 
+def _even(x, y):
+    return y % 2 == 0
+
+
+def _batch_of_more_than_3(x, y):
+    return tf.reduce_sum(y) > 3
+
+
 def test_kl_weight_from_a_dataset_counts_examples_not_batches():
     D = tf.data.Dataset
     examples = D.from_tensor_slices((np.zeros((10, 3), np.float32), np.arange(10)))
@@ -105,9 +113,21 @@ def test_kl_weight_from_a_dataset_counts_examples_not_batches():
     assert elbo.num_examples(examples.take(7).batch(2, num_parallel_calls=2).cache()) == 7
     assert elbo.num_examples(examples.batch(3, drop_remainder=True)) == 9
     assert elbo.num_examples(examples.padded_batch(4, drop_remainder=True)) == 8
+    assert elbo.num_examples(examples.batch(4).map(lambda x, y: (2 * x, y))) == 10
     assert elbo.kl_weight_from(num_train_examples=examples.batch(4)) == 0.1
-    for dataset in (examples.repeat(), examples.filter(lambda a, b: True),
-                    examples.batch(2).take(3), examples.batch(2).batch(2)):
+    # Unknown cardinality: counted once by iterating (examples, or rows of the batches).
+    assert elbo.num_examples(examples.filter(_even)) == 5
+    assert elbo.num_examples(examples.filter(_even).shuffle(5).batch(2)) == 5
+    assert elbo.num_examples(examples.batch(2).take(3)) == 6
+    # batches [0 1 2] [3 4 5] [6 7 8]: the filter keeps the last two, 6 examples
+    assert elbo.num_examples(examples.batch(3, drop_remainder=True)
+                             .filter(_batch_of_more_than_3)) == 6
+    # dict features and a ragged tail batch
+    features = D.from_tensor_slices(({"a": np.zeros((7, 2)), "b": np.zeros((7, 4, 1))},
+                                     np.zeros((7, 1))))
+    assert elbo.num_examples(features) == 7
+    assert elbo.num_examples(features.batch(3)) == 7
+    for dataset in (examples.repeat(), examples.batch(2).repeat(), examples.batch(2).batch(2)):
         with pytest.raises(ValueError, match=r"num_train_examples=N"):
             elbo.kl_weight_from(num_train_examples=dataset)
     source = tf_keras.Sequential([tf_keras.Input((3,)), L.Dense(2)])

@@ -31,6 +31,7 @@ import time
 
 import numpy as np
 
+from tfp_bnn import options
 from tfp_bnn._keras import tf, tf_keras
 from tfp_bnn.convert import bayesify
 from tfp_bnn.export import export_savedmodel, served_summary
@@ -115,13 +116,12 @@ def _check_args(models, calls, budget, batch_sizes, samples):
         raise ValueError(f"models must name some of {sorted(MODELS)}. "
                          f"Received: models={list(models)!r}")
     for name, values in (("batch_sizes", batch_sizes), ("samples", samples)):
-        if not values or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1
-                             for v in values):
-            raise ValueError(f"{name} must be positive integers. Received: {name}={list(values)!r}")
-    if isinstance(calls, bool) or not isinstance(calls, (int, np.integer)) or calls < 1:
-        raise ValueError(f"calls must be a positive integer. Received: calls={calls!r}")
-    if not float(budget) >= 0:
-        raise ValueError(f"budget must be >= 0 seconds. Received: budget={budget!r}")
+        if not values:
+            raise ValueError(f"{name} must name at least one size. Received: {name}={values!r}")
+        for v in values:
+            options.integer(name, v, minimum=1)
+    options.integer("calls", calls, minimum=1)
+    options.number("budget", budget, 0)  # seconds
 
 
 def run(models=("mlp", "cnn"), calls=500, budget=240.0, batch_sizes=(1, 256), samples=(10, 100),

@@ -20,10 +20,7 @@ every full batch). Each replica draws its own weight noise (its own Flipout sign
 perturbations, or its own reparameterised kernel): an unbiased estimate of the same expected
 NLL, with R independent draws per step instead of one.
 """
-import math
-
-import numpy as np
-
+from tfp_bnn import options, tasks
 from tfp_bnn._keras import Functional, tf, tf_keras
 
 __all__ = ["BayesianModel", "kl_weight_from", "num_examples", "kl_loss", "set_kl_weight",
@@ -42,13 +39,7 @@ def kl_weight_from(num_train_examples=None, kl_weight=None):
         >>> kl_weight_from(tf.data.Dataset.from_tensor_slices((x, y)).shuffle(100).batch(32))
     """
     if kl_weight is not None:
-        try:
-            ok = float(kl_weight) > 0 and math.isfinite(float(kl_weight))
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise ValueError(f"kl_weight must be a positive number. Received: kl_weight={kl_weight!r}")
-        return float(kl_weight)
+        return options.number("kl_weight", kl_weight, 0, strict=True)
     if num_train_examples is None:
         raise ValueError(
             "The KL term needs the training-set size: pass num_train_examples=N (the number of "
@@ -57,54 +48,47 @@ def kl_weight_from(num_train_examples=None, kl_weight=None):
     n = num_train_examples
     if isinstance(n, tf.data.Dataset):
         n = num_examples(n)
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
-        raise ValueError("num_train_examples must be a positive integer. "
-                         f"Received: num_train_examples={num_train_examples!r}")
-    return 1.0 / int(n)
+    return 1.0 / options.integer("num_train_examples", n, minimum=1)
 
 
-def _dataset_classes(*module_names):
-    """The tf.data Dataset classes defined in the named ``tensorflow.python.data.ops`` modules."""
-    import importlib
-    found = []
-    for name in module_names:
-        module = importlib.import_module("tensorflow.python.data.ops." + name)
-        found += [c for c in vars(module).values()
-                  if isinstance(c, type) and issubclass(c, tf.data.Dataset)]
-    return tuple(found)
+def _leading_dims(spec):
+    """The leading dimension of each component of an element spec (None: unknown; () scalar)."""
+    return [() if t.shape.rank == 0 else None if t.shape.rank is None else t.shape[0]
+            for t in tf.nest.flatten(spec)]
 
 
-def _pipeline_kinds():
-    """(batch ops with batch_size/drop_remainder, ops that regroup elements, 1:1 ops), or None."""
-    try:
-        batch = _dataset_classes("batch_op", "padded_batch_op")
-        regroup = batch + _dataset_classes(
-            "ragged_batch_op", "sparse_batch_op", "rebatch_op", "unbatch_op", "window_op",
-            "group_by_window_op", "flat_map_op", "interleave_op", "scan_op")
-        one_to_one = _dataset_classes("prefetch_op", "map_op", "shuffle_op", "cache_op")
-        one_to_one += (tf.data.Dataset.with_options(tf.data.Dataset.range(1),
-                                                    tf.data.Options()).__class__,)
-    except (ImportError, AttributeError):  # another TF layout: no exact count
-        return None
-    return batch, regroup, one_to_one
+def _shares_a_leading_dim(dims):
+    """Whether every component has the same leading dimension: the components of one batch."""
+    return bool(dims) and () not in dims and len(set(dims)) == 1
 
 
-def _regroups(dataset, regroup):
-    return isinstance(dataset, regroup) or any(_regroups(d, regroup) for d in dataset._inputs())
+def _count(dataset, batches):
+    """One pass: the number of elements, or the sum of their batch sizes when ``batches``."""
+    def add(count, *element):
+        if not batches:
+            return count + 1
+        return count + tf.cast(tf.shape(tf.nest.flatten(element)[0])[0], tf.int64)
+    return int(dataset.reduce(tf.constant(0, tf.int64), add))
 
 
 def num_examples(dataset):
     """Number of training examples in a finite `tf.data.Dataset`, batched or not.
 
-        unbatched:                        N = cardinality (one example per element)
-        ... .batch(b) [.map/.shuffle/.cache/.prefetch ...]:
-                                          N = n                (drop_remainder=False)
-                                          N = n - n mod b      (drop_remainder=True)
+        elements are examples:   N = cardinality            (counted once if unknown)
+        elements are batches:    N = sum_batches batch size  (b * cardinality for a static b)
 
-    where n is the cardinality of the dataset that was batched. A pipeline whose example count
-    cannot be known exactly this way (batched twice, filtered or taken after batching, unbatched,
-    windowed, or of unknown/infinite cardinality: `repeat()`, `filter`, file readers) raises a
-    ValueError: pass ``num_train_examples=N`` explicitly.
+    Elements are batches when every component has the same leading dimension (Keras's own
+    requirement for a batch: ``(x, y)`` rows line up), as after ``.batch(b)`` or
+    ``.padded_batch(b)``, followed by any map/shuffle/take/filter/cache/prefetch; elements
+    with a scalar component, or components of different leading sizes, are examples.
+    Only public tf.data API is read: ``cardinality`` and ``element_spec``, and one pass over
+    the dataset when the count is not known without it. A repeated (infinite) dataset, and
+    one whose batches are themselves batched (their rows are batches again: ``.batch(b)``
+    twice), raise a ValueError: pass ``num_train_examples=N`` explicitly.
+
+    Example:
+        >>> num_examples(tf.data.Dataset.from_tensor_slices((x, y)).shuffle(100).batch(32))
+        150
     """
     def fail(why):
         return ValueError(
@@ -115,25 +99,16 @@ def num_examples(dataset):
     card = int(dataset.cardinality())
     if card == tf.data.INFINITE_CARDINALITY:
         raise fail("its cardinality is infinite (a repeat()ed dataset)")
-    if card < 0:
-        raise fail("its cardinality is unknown (e.g. after filter(), or a file reader)")
-    kinds = _pipeline_kinds()
-    if kinds is None:
-        raise fail("this TensorFlow version's tf.data pipeline cannot be inspected")
-    batch, regroup, one_to_one = kinds
-    top = dataset
-    while isinstance(top, one_to_one):
-        top = top._input_dataset
-    if isinstance(top, batch) and not _regroups(top._input_dataset, regroup):
-        n = int(top._input_dataset.cardinality())
-        if n < 0:
-            raise fail("the cardinality of the dataset before batching is unknown or infinite")
-        size = int(top._batch_size)
-        return n - n % size if bool(top._drop_remainder) else n
-    if not _regroups(dataset, regroup):
-        return card
-    raise fail("its elements are batches, and the pipeline after batching is not a plain "
-               "map/shuffle/cache/prefetch chain over a single batch()")
+    dims = _leading_dims(dataset.element_spec)
+    if not _shares_a_leading_dim(dims):  # elements are examples
+        return card if card >= 0 else _count(dataset, batches=False)
+    rows = _leading_dims(dataset.unbatch().element_spec)
+    if _shares_a_leading_dim(rows) and None in rows:
+        # A row that is itself of unknown length in every component is a batch again.
+        raise fail("its elements are batches of batches (batch() applied twice?)")
+    if dims[0] is not None and card >= 0:  # drop_remainder: every batch holds b rows
+        return dims[0] * card
+    return _count(dataset, batches=True)
 
 
 def _bayesian_layers(model):
@@ -158,8 +133,8 @@ def set_kl_weight(model, multiplier=1.0, value=None):
     ``base`` is the weight the layer was built with (1/N from `bayesify`); a multiplier below 1
     is a 'cold'/tempered posterior, above 1 a stronger pull to the prior.
     """
-    if value is None and not (float(multiplier) >= 0 and math.isfinite(float(multiplier))):
-        raise ValueError(f"multiplier must be a non-negative number. Received: multiplier={multiplier!r}")
+    if value is None:
+        multiplier = options.number("multiplier", multiplier, 0)
     for layer in _bayesian_layers(model):
         layer.kl_weight.assign(float(value) if value is not None
                                else float(multiplier) * layer.base_kl_weight)
@@ -170,7 +145,8 @@ class BayesianModel(Functional):
     """A tf_keras Functional model whose fit/evaluate logs also carry `nll` and `kl`.
 
     Built by `tfp_bnn.bayesify`; construct it like ``tf_keras.Model(inputs, outputs)`` to wrap a
-    hand-built graph of tfp_bnn layers.
+    hand-built graph of tfp_bnn layers. Its task (`tfp_bnn.tasks`: declared by bayesify, or read
+    from the compiled loss) is saved in its config, so a ``.keras`` file loads back with it.
     """
 
     def __init__(self, inputs, outputs, name=None, trainable=True, **kwargs):
@@ -193,3 +169,19 @@ class BayesianModel(Functional):
         self.nll_tracker.update_state(nll, sample_weight=batch)
         self.kl_tracker.update_state(kl, sample_weight=batch)
         return total
+
+    def get_config(self):
+        config = super().get_config()
+        task = tasks.infer(self)
+        if task is not None:
+            config["task"] = task.value
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        task = config.pop("task", None)
+        model = super().from_config(config, custom_objects)
+        if task is not None:
+            tasks.declare(model, task)
+        return model

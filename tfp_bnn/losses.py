@@ -33,6 +33,7 @@ References:
 """
 import math
 
+from tfp_bnn import options
 from tfp_bnn._keras import tf, tf_keras
 
 __all__ = ["GaussianNLL", "gaussian_nll", "MultiTaskUncertaintyWeighting", "TASK_TYPES"]
@@ -107,7 +108,7 @@ class MultiTaskUncertaintyWeighting(tf_keras.layers.Layer):
             if num_tasks is None:
                 raise ValueError("Pass num_tasks=T, or task_types as a list with one type per "
                                  f"task. Received: num_tasks=None, task_types={task_types!r}")
-            task_types = [task_types] * _positive_int("num_tasks", num_tasks)
+            task_types = [task_types] * options.integer("num_tasks", num_tasks, minimum=1)
         task_types = list(task_types)
         for t in task_types:
             if t not in TASK_TYPES:
@@ -115,16 +116,11 @@ class MultiTaskUncertaintyWeighting(tf_keras.layers.Layer):
                                  f"Valid: {sorted(TASK_TYPES)}")
         if not task_types:
             raise ValueError("task_types must name at least one task. Received: task_types=[]")
-        if num_tasks is not None and _positive_int("num_tasks", num_tasks) != len(task_types):
+        if num_tasks is not None and (options.integer("num_tasks", num_tasks, minimum=1)
+                                      != len(task_types)):
             raise ValueError(f"num_tasks={num_tasks!r} but task_types has {len(task_types)} "
                              f"entries: {task_types!r}")
-        try:
-            init = float(init_log_variance)
-        except (TypeError, ValueError):
-            init = float("nan")
-        if not math.isfinite(init):
-            raise ValueError("init_log_variance must be a finite number. "
-                             f"Received: init_log_variance={init_log_variance!r}")
+        init = options.number("init_log_variance", init_log_variance)
         self.task_types = task_types
         self.num_tasks = len(task_types)
         self.init_log_variance = init
@@ -161,9 +157,3 @@ class MultiTaskUncertaintyWeighting(tf_keras.layers.Layer):
         config.update({"num_tasks": self.num_tasks, "task_types": list(self.task_types),
                        "init_log_variance": self.init_log_variance})
         return config
-
-
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer. Received: {name}={value!r}")
-    return value

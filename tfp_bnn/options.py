@@ -20,8 +20,9 @@ import numbers
 
 import numpy as np
 
-__all__ = ["Estimator", "Task", "Hessian", "Subset", "Likelihood", "Placement", "Mode", "choice",
-           "integer", "number", "probability", "seed"]
+__all__ = ["Estimator", "Task", "Hessian", "Subset", "Likelihood", "Placement", "Mode",
+           "Calibration", "CalibrationTarget", "ConformalScore", "choice", "integer", "number",
+           "probability", "seed"]
 
 
 class _Option(str, enum.Enum):
@@ -87,6 +88,32 @@ class Mode(_Option):
     SAMPLE = "sample"  # S draws over S sample-major copies of the batch
 
 
+class Calibration(_Option):
+    """Post-hoc recalibration fitted on validation data (`tfp_bnn.calibrate`)."""
+    TEMPERATURE = "temperature"  # one scalar T on the logits (classification)
+    VECTOR = "vector"  # one scale and one offset per class (classification)
+    VARIANCE = "variance"  # one scale on the predictive variance (regression)
+
+
+class CalibrationTarget(_Option):
+    """What a temperature divides: the log of the MC-averaged predictive, or every sample."""
+    PREDICTIVE = "predictive"  # log of (1/S) sum_s p_s, after the Monte Carlo average
+    SAMPLES = "samples"  # each sample's logits z_s, before the average
+
+
+class ConformalScore(_Option):
+    """Nonconformity score of split conformal prediction (`tfp_bnn.conformal`)."""
+    LAC = "lac"  # 1 - p_y (classification)
+    APS = "aps"  # mass of the classes ranked above y, plus u p_y (classification)
+    RAPS = "raps"  # APS plus lam * (rank - k_reg)^+ (classification)
+    NORMALIZED = "normalized"  # |y - mean| / std (regression)
+    CQR = "cqr"  # distance outside the Gaussian quantiles (regression, Gaussian head)
+
+    @property
+    def is_classification(self):
+        return self in (ConformalScore.LAC, ConformalScore.APS, ConformalScore.RAPS)
+
+
 def choice(name, value, options, what=None):
     """``value`` as a member of the enum ``options``; a ValueError naming both otherwise.
 
@@ -146,7 +173,7 @@ def number(name, value, minimum=None, maximum=None, strict=False, allow_inf=Fals
     if not ok:
         if minimum is not None and maximum is not None:
             what = (f"a number strictly between {minimum:g} and {maximum:g}" if strict
-                    else f"a number in [{minimum}, {maximum}]")
+                    else f"in [{minimum:g}, {maximum:g}]")
         elif minimum is not None:
             what = (f"a number > {minimum}" if strict else f"a number >= {minimum}")
             if minimum == 0:

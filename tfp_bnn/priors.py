@@ -18,6 +18,7 @@ Example:
 """
 import math
 
+from tfp_bnn import options
 from tfp_bnn._keras import tf, tfd, tfp
 from tfp_bnn.posteriors import inverse_softplus
 
@@ -25,26 +26,6 @@ __all__ = ["Prior", "Normal", "ScaleMixture", "Laplace", "LearnedNormal", "get",
            "PRIORS"]
 
 _HALF_LOG_2PI_E = 0.5 * math.log(2.0 * math.pi * math.e)
-
-
-def _positive(name, value):
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive number. Received: {name}={value!r}") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise ValueError(f"{name} must be a positive number. Received: {name}={value!r}")
-    return v
-
-
-def _finite(name, value):
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a finite number. Received: {name}={value!r}") from None
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be a finite number. Received: {name}={value!r}")
-    return v
 
 
 def _normal_parts(q):
@@ -103,8 +84,8 @@ class Normal(Prior):
     """
 
     def __init__(self, loc=0.0, scale=1.0):
-        self.loc = _finite("loc", loc)
-        self.scale = _positive("scale", scale)
+        self.loc = options.number("loc", loc)
+        self.scale = options.number("scale", scale, 0, strict=True)
 
     def distribution(self, dtype, shape, name, trainable, add_variable_fn):
         dist = tfd.Normal(loc=tf.fill(shape, tf.constant(self.loc, dtype)),
@@ -140,7 +121,7 @@ class LearnedNormal(Prior):
     """
 
     def __init__(self, init_scale=1.0):
-        self.init_scale = _positive("init_scale", init_scale)
+        self.init_scale = options.number("init_scale", init_scale, 0, strict=True)
 
     def distribution(self, dtype, shape, name, trainable, add_variable_fn):
         rho = add_variable_fn(
@@ -172,8 +153,8 @@ class Laplace(Prior):
     """
 
     def __init__(self, loc=0.0, scale=1.0):
-        self.loc = _finite("loc", loc)
-        self.scale = _positive("scale", scale)
+        self.loc = options.number("loc", loc)
+        self.scale = options.number("scale", scale, 0, strict=True)
 
     def distribution(self, dtype, shape, name, trainable, add_variable_fn):
         dist = tfd.Laplace(loc=tf.fill(shape, tf.constant(self.loc, dtype)),
@@ -210,12 +191,12 @@ class ScaleMixture(Prior):
     analytic_kl = False
 
     def __init__(self, pi=0.5, scale1=1.0, scale2=math.exp(-6.0)):
-        pi_f = _finite("pi", pi)
+        pi_f = options.number("pi", pi)
         if not 0.0 < pi_f < 1.0:
             raise ValueError(f"pi must be in (0, 1). Received: pi={pi!r}")
         self.pi = pi_f
-        self.scale1 = _positive("scale1", scale1)
-        self.scale2 = _positive("scale2", scale2)
+        self.scale1 = options.number("scale1", scale1, 0, strict=True)
+        self.scale2 = options.number("scale2", scale2, 0, strict=True)
 
     def distribution(self, dtype, shape, name, trainable, add_variable_fn):
         mix = tfd.Categorical(probs=tf.constant([self.pi, 1.0 - self.pi], dtype))

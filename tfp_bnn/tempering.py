@@ -25,9 +25,8 @@ References:
     Wenzel et al., "How Good is the Bayes Posterior in Deep Neural Networks Really?", ICML 2020.
 """
 import dataclasses
-import math
 
-from tfp_bnn import tasks
+from tfp_bnn import options, tasks
 from tfp_bnn._keras import tf_keras
 from tfp_bnn.elbo import kl_weights, set_kl_weight
 
@@ -55,14 +54,15 @@ class KLSelection:
 
 def _multipliers(values):
     try:
-        values = [float(v) for v in values]
+        values = list(values)
+        checked = [options.number("multipliers", v) for v in values]
     except (TypeError, ValueError):
         raise ValueError("multipliers must be a sequence of positive numbers. "
                          f"Received: multipliers={values!r}") from None
-    if not values or not all(v > 0 and math.isfinite(v) for v in values):
+    if not checked or min(checked) <= 0:
         raise ValueError("multipliers must be a non-empty sequence of positive numbers. "
                          f"Received: multipliers={values!r}")
-    return values
+    return checked
 
 
 def validation_nll(model, x_val, y_val, num_samples=100, seed=0):
