@@ -215,3 +215,117 @@ def reliability_curves_with_bands(curves, num_bins=15, path=None, n_boot=1000, s
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     return _finish(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Selective prediction, regression calibration, conformal set sizes
+#
+#     risk_coverage                metrics.risk_coverage_curve, metrics.aurc
+#     regression_calibration       metrics.regression_calibration_curve, miscalibration_area
+#     set_size_histogram           metrics.set_size, metrics.empirical_coverage
+# ---------------------------------------------------------------------------------------------
+__all__ += ["risk_coverage", "regression_calibration", "set_size_histogram"]
+
+
+def risk_coverage(probabilities, labels, uncertainties, path=None, title=None):
+    """Selective risk against coverage, one curve per uncertainty score, AURC in the legend.
+
+        risk(k / N) = errors among the k least uncertain / k;  AURC = (1/N) sum_k risk(k / N)
+
+    Args:
+        probabilities: [B, C] predictive probabilities.
+        labels: [B] integer labels.
+        uncertainties: ``{name: [B] score}`` (higher = less certain), e.g. predictive entropy
+            and mutual information.
+        path: if given, where to save the PNG.
+        title: axis title.
+
+    Returns:
+        The Figure (one axis, one curve per score, the full-coverage risk dashed).
+
+    Example:
+        >>> risk_coverage(p.probabilities, y, {"entropy": p.predictive_entropy})
+    """
+    if not isinstance(uncertainties, dict) or not uncertainties:
+        raise ValueError("uncertainties must be a non-empty dict {name: [B] scores}. Received: "
+                         f"uncertainties of type {type(uncertainties).__name__}")
+    fig = Figure(figsize=(5, 4))
+    ax = fig.subplots()
+    for name, score in uncertainties.items():
+        coverage, risk = metrics.risk_coverage_curve(probabilities, labels, score)
+        ax.plot(coverage, risk, label=f"{name} (AURC {np.mean(risk):.4f})")
+    ax.axhline(risk[-1], color="gray", linestyle="--", linewidth=1, label="no abstention")
+    ax.set_xlabel("coverage (fraction kept, most certain first)")
+    ax.set_ylabel("risk (error rate on the kept)")
+    ax.set_xlim(0, 1)
+    ax.set_title(title or "Risk-coverage")
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    return _finish(fig, path)
+
+
+def regression_calibration(mean, std, targets, path=None, title=None, num_levels=99):
+    """Observed against expected quantile coverage of Gaussian predictives, with its area.
+
+        observed(p) = mean_i [Phi((y_i - m_i) / s_i) <= p];  area = int_0^1 |observed - p| dp
+
+    Args:
+        mean, std, targets: [B] or [B, D] predictive means, standard deviations, targets.
+        path: if given, where to save the PNG.
+        title: axis title.
+        num_levels: inner quantile levels of the curve.
+
+    Returns:
+        The Figure (one axis: the curve, the diagonal, the area between them shaded).
+
+    Example:
+        >>> regression_calibration(p.mean, np.sqrt(p.variance), y_test, path="calib.png")
+    """
+    expected, observed = metrics.regression_calibration_curve(mean, std, targets, num_levels)
+    area = metrics.miscalibration_area(mean, std, targets, num_levels)
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
+    _diagonal(ax)
+    ax.plot(expected, observed, color="tab:blue", label=f"model (area {area:.4f})")
+    ax.fill_between(expected, expected, observed, color="tab:blue", alpha=0.2, linewidth=0)
+    ax.set_xlabel("expected quantile level p")
+    ax.set_ylabel("observed fraction of targets below quantile p")
+    ax.set_title(title or "Regression calibration")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    return _finish(fig, path)
+
+
+def set_size_histogram(prediction_sets, labels=None, path=None, title=None):
+    """Histogram of conformal prediction-set sizes, the mean size (and coverage) in the legend.
+
+        |C(x_i)| = number of classes in the set;  coverage = mean_i [y_i in C(x_i)]
+
+    Args:
+        prediction_sets: [B, C] boolean prediction sets (`tfp_bnn.Prediction.prediction_sets`).
+        labels: optional [B] labels; with them the legend shows the empirical coverage.
+        path: if given, where to save the PNG.
+        title: axis title.
+
+    Returns:
+        The Figure (one axis, one bar per set size 0..C).
+
+    Example:
+        >>> set_size_histogram(p.prediction_sets, y_test, path="sets.png")
+    """
+    mean = metrics.set_size(prediction_sets)
+    sets = np.asarray(prediction_sets)
+    sizes = np.bincount(sets.sum(axis=1), minlength=sets.shape[1] + 1)
+    legend = f"mean size {mean:.2f}"
+    if labels is not None:
+        legend += f", coverage {metrics.empirical_coverage(prediction_sets, labels):.3f}"
+    fig = Figure(figsize=(5, 4))
+    ax = fig.subplots()
+    ax.bar(np.arange(len(sizes)), sizes, color="tab:blue", edgecolor="black", label=legend)
+    ax.set_xticks(np.arange(len(sizes)))
+    ax.set_xlabel("set size (classes)")
+    ax.set_ylabel("count")
+    ax.set_title(title or "Prediction-set sizes")
+    ax.legend(loc="best")
+    fig.tight_layout()
+    return _finish(fig, path)
