@@ -27,7 +27,7 @@ import numpy as np
 
 from tfp_bnn import data as data_lib
 from tfp_bnn import metrics as metrics_lib
-from tfp_bnn import plots, reports
+from tfp_bnn import plots, reports, results
 from tfp_bnn import train as train_lib
 from tfp_bnn._keras import tf_keras
 from tfp_bnn.export import export_savedmodel
@@ -145,12 +145,33 @@ def run(out="runs/iris", config=IrisConfig(), export_dir="savedmodels/iris_bnn",
     """
     start = time.time()
     out = os.fspath(out)
-    train_lib.check_out(out, OUTPUT_FILES, overwrite)
+    # Every output place is checked before the first epoch, and the results are staged beside
+    # ``out`` and swapped in complete (`tfp_bnn.results`): a failure never leaves half of them.
+    stage = results.Staging(out, overwrite, owned=OUTPUT_FILES, argument="--out")
+    if export_dir is not None:
+        export_dir = os.fspath(export_dir)
+        if os.path.exists(export_dir) and not os.path.isdir(export_dir):
+            raise ValueError("--export-dir must be a folder; it is an existing file. Received: "
+                             f"--export-dir={export_dir!r}")
+        results.check_writable(export_dir, "--export-dir", inside=True)
     table, split = prepare_data(config)
     names = table.class_names
     log(f"Iris: {len(split.x_train)} train / {len(split.x_val)} validation / "
         f"{len(split.x_test)} test examples; {config.seeds} seed(s), up to {config.epochs} epochs")
 
+    with stage:
+        metrics = _train_and_write(stage, table, config, export_dir, log, verbose)
+        metrics["seconds"] = round(time.time() - start, 1)
+        with open(os.path.join(stage.path, "metrics.json"), "w") as f:
+            json.dump(metrics, f, indent=2)
+        stage.commit()
+    log(summary(metrics, names, out))
+    return metrics
+
+
+def _train_and_write(stage, table, config, export_dir, log, verbose):
+    """Train every seed, write all results but metrics.json into ``stage``; the metrics."""
+    names = table.class_names
     per_seed, history, first = [], [], None
     for seed in range(config.seeds):
         split = prepare_data(config, seed, table)[1]
@@ -164,7 +185,7 @@ def run(out="runs/iris", config=IrisConfig(), export_dir="savedmodels/iris_bnn",
             first = (model, pred, split)
 
     model, pred, split = first
-    os.makedirs(out, exist_ok=True)
+    out = stage.path
     accuracies = [r["test_accuracy"] for r in per_seed]
     metrics = {
         "test_accuracy": _mean(accuracies),
@@ -201,11 +222,6 @@ def run(out="runs/iris", config=IrisConfig(), export_dir="savedmodels/iris_bnn",
     model.save(os.path.join(out, "model.keras"))
     if export_dir is not None:
         metrics["savedmodel"] = export_savedmodel(model, export_dir, num_samples=10)
-    metrics["seconds"] = round(time.time() - start, 1)
-    with open(os.path.join(out, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
-
-    log(summary(metrics, names, out))
     return metrics
 
 
