@@ -12,22 +12,26 @@ trained, and the test set is scored per point in the ORIGINAL units of the targe
 (tilde: normalised units). Over splits: mean and standard error (sample std with ddof=1 over
 sqrt(n_splits)).
 
-Methods (``--method``):
+Methods (``--method``), each built, trained and predicted by the package itself
+(`tfp_bnn.bayesify`, `tfp_bnn.mc_dropout`, `tfp_bnn.DeepEnsemble`, `tfp_bnn.heads.GaussianHead`,
+`tfp_bnn.losses.GaussianNLL`; predictive samples from `tfp_bnn.predict`):
 
 * ``vi``: ``bayesify(Dense(H, relu) -> Dense(2) -> GaussianHead)`` with Flipout, a mean-field
   posterior, KL weight 1/N, trained on the ELBO (Gaussian NLL + KL/N).
-* ``mc_dropout``: Gal & Ghahramani's network (dropout before each Dense, inputs included, on at
-  test time), MSE + weight decay ``l^2 (1 - p) / (2 N tau)``, homoscedastic noise 1/tau; p and
-  tau chosen on a validation split (the last 20 % of the training split) from
-  ``dropout_rates.txt`` x ``tau_values.txt``, then retrained on the full training split.
-* ``ensemble``: 5 networks with Gaussian heads, trained on the Gaussian NLL from different
-  initialisations and batch orders; predictive = the uniform mixture of the members.
+* ``mc_dropout``: Gal & Ghahramani's network, ``mc_dropout(Dense(H, relu) -> Dense(1),
+  where="all")`` (dropout before each Dense, inputs included, on at test time), MSE + weight
+  decay ``l^2 (1 - p) / (2 N tau)``, homoscedastic noise 1/tau; p and tau chosen on a
+  validation split (the last 20 % of the training split) from ``dropout_rates.txt`` x
+  ``tau_values.txt``, then retrained on the full training split.
+* ``ensemble``: a ``DeepEnsemble`` of 5 Gaussian-head networks trained on the Gaussian NLL (+
+  weight decay) from different initialisations and batch orders; predictive = the uniform
+  mixture of the members (``as_model()``, one sample per member).
 * ``deterministic``: one network with a Gaussian head (maximum likelihood + weight decay).
 
-Training is one compiled `tf.function` per model: all steps run inside a graph loop on
-in-memory data (random mini-batches drawn in-graph), without Python work per step or epoch.
-mc_dropout's grid points and the ensemble's members are trained together as one batch of
-independent networks ([G, ...] weights; Adam is per weight, so this equals separate runs).
+Hyper-parameters (mc_dropout's p and tau, the number of epochs) are chosen on validation carves
+of the training splits, never on a test split. Training goes through `tfp_bnn.multifit.MultiFit`:
+all steps of all networks of a run (mc_dropout's grid points, the ensemble's members) in one
+compiled graph loop on in-memory data, random mini-batches drawn in-graph.
 
 Usage:
     python scripts/uci_benchmark.py --data-dir ../shared/data/uci --method vi \
@@ -60,11 +64,11 @@ import warnings
 
 import numpy as np
 
-from tfp_bnn import data as data_lib
-from tfp_bnn import heads, losses, posteriors, sampling
-from tfp_bnn._keras import tf, tf_keras
-
 import tfp_bnn
+from tfp_bnn import data as data_lib
+from tfp_bnn import heads, losses, posteriors
+from tfp_bnn._keras import tf, tf_keras
+from tfp_bnn.multifit import MultiFit
 
 METHODS = ("vi", "mc_dropout", "ensemble", "deterministic")
 LOG_2PI = math.log(2.0 * math.pi)
@@ -92,7 +96,10 @@ class Settings:
     prior: str = "normal"  # a tfp_bnn.priors name or its JSON config
     init_scale: float = 1e-3
     vi_learning_rate: float = 3e-3
-    vi_epochs_factor: float = 40.0  # (maximum) epochs = n_epochs.txt * factor
+    # (maximum) epochs = n_epochs.txt * factor, checked every 200 epochs at the defaults: the
+    # validation curve of Energy still rose at 40x (the factor until 2026-12-01).
+    vi_epochs_factor: float = 80.0
+    vi_checkpoints: int = 16
     # mc_dropout (Gal's recipe: 10 x n_epochs.txt epochs, Adam 1e-3)
     learning_rate: float = 1e-3
     epochs_factor: float = 10.0
@@ -223,45 +230,8 @@ def scores(y, mu, sigma, y_std):
 
 
 # ---------------------------------------------------------------------------------------------
-# The compiled training loop
+# Training schedule: epochs chosen on a validation carve of the training split
 # ---------------------------------------------------------------------------------------------
-def compiled_loop(loss_fn, variables, optimizer, n_features, aux_size):
-    """One tf.function running ``steps`` optimizer steps in a graph loop (constant rate).
-
-    ``loss_fn(x, y, batch_size) -> (loss, aux[aux_size])`` draws its own mini-batch from the
-    full arrays. Returns ``run(x, y, steps, batch_size) -> mean aux over the last 10 % of
-    steps``. Calling it again continues from the current weights and optimizer state.
-    """
-    specs = [tf.TensorSpec([None, n_features], tf.float32), tf.TensorSpec([None, 1], tf.float32),
-             tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32)]
-
-    @tf.function(input_signature=specs)
-    def run(x, y, steps, batch_size):
-        tail_start = steps - tf.maximum(steps // 10, 1)
-        acc = tf.zeros([aux_size])
-        for step in tf.range(steps):
-            with tf.GradientTape() as tape:
-                loss, aux = loss_fn(x, y, batch_size)
-            grads = tape.gradient(loss, variables)
-            optimizer.apply_gradients(zip(grads, variables))
-            acc += tf.where(step >= tail_start, aux, tf.zeros_like(aux))
-        return acc / tf.cast(steps - tail_start, tf.float32)
-
-    return run
-
-
-def reset_optimizer(optimizer, learning_rate):
-    for v in optimizer.variables():
-        v.assign(tf.zeros_like(v))
-    optimizer.learning_rate.assign(learning_rate)
-
-
-def _batch(x, y, batch_size):
-    n = tf.shape(x)[0]
-    idx = tf.random.shuffle(tf.range(n))[:batch_size]
-    return tf.gather(x, idx), tf.gather(y, idx)
-
-
 def max_epochs(n_epochs, factor, settings):
     return settings.epochs if settings.epochs > 0 else max(1, int(round(n_epochs * factor)))
 
@@ -270,19 +240,19 @@ def steps_for(epochs, n, settings):
     return int(epochs) * math.ceil(n / min(settings.batch_size, n))
 
 
-def validation_curve(runner, x, y, epochs, settings, seed):
+def validation_curve(runner, x, y, epochs, settings, seed, checkpoints):
     """Train on the first 80 % of (x, y) for up to ``epochs``; the held-out log-likelihood
-    (normalised units) at ``settings.checkpoints`` evenly spaced epoch counts.
+    (normalised units) at ``checkpoints`` evenly spaced epoch counts.
 
     Returns (marks, curve): the epoch counts and the validation log-likelihood at each.
     """
     x_fit, y_fit, x_val, y_val = holdout(x, y)
     runner.reset(len(y_fit), seed)
-    k = max(1, min(settings.checkpoints, epochs))
+    k = max(1, min(checkpoints, epochs))
     marks = [round(epochs * (i + 1) / k) for i in range(k)]
     curve, done = [], 0
     for mark in marks:
-        runner.train(x_fit, y_fit, steps_for(mark - done, len(y_fit), settings))
+        runner.train(x_fit, y_fit, mark - done)  # continues: same optimizer state and stream
         done = mark
         mu, sigma = runner.predict(x_val, settings.val_samples)
         curve.append(scores(y_val, mu, sigma, 1.0)["test_ll"])
@@ -304,191 +274,119 @@ def fit_predict(runner, x, y, x_eval, epochs, settings, seed):
     Returns mu, sigma ``[S, B]`` (normalised units) and an info dict.
     """
     runner.reset(len(y), seed + 1)
-    steps = steps_for(epochs, len(y), settings)
-    runner.train(x, y, steps)
+    runner.train(x, y, epochs)
     mu, sigma = runner.predict(x_eval, settings.num_samples)
-    return mu, sigma, {"epochs": int(epochs), "steps": int(steps), **runner.info()}
+    return mu, sigma, {"epochs": int(epochs), "steps": steps_for(epochs, len(y), settings),
+                       **runner.info()}
 
 
 # ---------------------------------------------------------------------------------------------
-# vi: a bayesified network with a Gaussian head
+# The methods, each built and predicted through the package's public API and trained with
+# tfp_bnn.multifit.MultiFit (every step of every network in one compiled graph loop)
 # ---------------------------------------------------------------------------------------------
+def mlp(n_features, n_hidden, n_out, head=None):
+    """The benchmark's network, a plain tf_keras model: Dense(H, relu) -> Dense(n_out) [-> head]."""
+    layers = [tf_keras.Input((n_features,)), tf_keras.layers.Dense(n_hidden, activation="relu"),
+              tf_keras.layers.Dense(n_out)]
+    return tf_keras.Sequential(layers + ([head] if head is not None else []))
+
+
+def glorot_weights(model, rng):
+    """Fresh weights as Keras' defaults draw them (Glorot-uniform kernels, zero biases), from a
+    numpy generator: re-seeding TensorFlow instead would retrace every compiled graph."""
+    out = []
+    for w in model.get_weights():
+        if w.ndim >= 2:
+            limit = math.sqrt(6.0 / (w.shape[-2] + w.shape[-1]))
+            out.append(rng.uniform(-limit, limit, size=w.shape).astype(w.dtype))
+        else:
+            out.append(np.zeros_like(w))
+    return out
+
+
+def output_samples(model, x, num, seed):
+    """``[S, B, outputs]``: the per-sample outputs of `tfp_bnn.predict` (normalised units)."""
+    return tfp_bnn.predict(model, x, num_samples=num, seed=seed, return_samples=True,
+                           batch_size=len(x), verbose=0).samples
+
+
 class VI:
-    """Flipout mean-field VI; one model and one compiled loop per dataset, re-initialised per run."""
+    """``bayesify`` of the Gaussian-head network; one model and one MultiFit per dataset,
+    re-initialised per run (a fresh bayesified model's weights and KL weight 1/N copied in,
+    optimizer restarted; the fresh posterior is drawn from TensorFlow's global stream, seeded
+    once per dataset)."""
 
     def __init__(self, n_features, n_hidden, settings):
         self.f, self.h, self.s = n_features, n_hidden, settings
-        self.model = self._fresh(n_train=1, seed=0)
-        self.optimizer = tf_keras.optimizers.Adam(settings.vi_learning_rate)
-        self.optimizer.build(self.model.trainable_variables)
-        self.loop = compiled_loop(self._loss, self.model.trainable_variables, self.optimizer,
-                                  n_features, aux_size=2)
-        self.aux = np.full(2, np.nan)
-        model = self.model
+        self.model = self._fresh(n_train=1)
+        self.trainer = MultiFit([self.model], losses.GaussianNLL(), settings.vi_learning_rate)
+        self.seed, self.result = 0, None
 
-        @tf.function(input_signature=[tf.TensorSpec([None, n_features], tf.float32),
-                                      tf.TensorSpec([], tf.int32)])
-        def sample(x, num):
-            return sampling.sample_outputs(model, x, num)
-        self.sample = sample
-
-    def _fresh(self, n_train, seed):
-        tf_keras.utils.set_random_seed(seed)
-        base = tf_keras.Sequential([
-            tf_keras.Input((self.f,)),
-            tf_keras.layers.Dense(self.h, activation="relu"),
-            tf_keras.layers.Dense(2),
-            heads.GaussianHead(min_scale=self.s.min_scale)])
+    def _fresh(self, n_train):
+        base = mlp(self.f, self.h, 2, heads.GaussianHead(min_scale=self.s.min_scale))
         prior = json.loads(self.s.prior) if self.s.prior.startswith("{") else self.s.prior
         return tfp_bnn.bayesify(base, estimator="flipout", prior=prior,
                                 posterior=posteriors.MeanField(init_scale=self.s.init_scale),
                                 num_train_examples=n_train)
 
-    def _loss(self, x, y, batch_size):
-        xb, yb = _batch(x, y, batch_size)
-        out = self.model(xb, training=True)
-        nll = tf.reduce_mean(losses.gaussian_nll(yb, out))
-        kl = tf.add_n(self.model.losses)
-        return nll + kl, tf.stack([nll, kl])
-
     def reset(self, n_train, seed):
-        # A new initialisation (and KL weight 1/n_train) copied into the compiled model.
-        self.model.set_weights(self._fresh(n_train, seed).get_weights())
-        reset_optimizer(self.optimizer, self.s.vi_learning_rate)
+        self.model.set_weights(self._fresh(n_train).get_weights())
+        tfp_bnn.set_kl_weight(self.model, value=1.0 / n_train)
+        self.trainer.reset_optimizer()
+        self.seed = seed
 
-    def train(self, x, y, steps):
-        self.aux = self.loop(x, y, steps, min(self.s.batch_size, len(y))).numpy()
+    def train(self, x, y, epochs):
+        self.result = self.trainer.fit(x, y, epochs, self.s.batch_size, seed=self.seed,
+                                       reset_optimizer=False)
 
     def predict(self, x, num):
-        out = self.sample(x, num).numpy()  # [S, B, 2]
+        out = output_samples(self.model, x, num, self.seed)  # [S, B, 2]: mean, std
         return out[..., 0], out[..., 1]
 
     def info(self):
         # The two terms of the loss (per training example) over the last 10 % of steps.
-        return {"nll": float(self.aux[0]), "kl": float(self.aux[1])}
+        return {"nll": float(self.result.data_loss[0]), "kl": float(self.result.model_loss[0])}
 
 
-# ---------------------------------------------------------------------------------------------
-# mc_dropout / ensemble / deterministic: G independent networks trained as one batch
-# ---------------------------------------------------------------------------------------------
-class BatchedMLP:
-    """G one-hidden-layer networks with ``[G, ...]`` weights; member g sees its own batches."""
-
-    def __init__(self, g, n_features, n_hidden, n_out):
-        self.g = g
-        self.w1 = tf.Variable(tf.zeros([g, n_features, n_hidden]), name="w1")
-        self.b1 = tf.Variable(tf.zeros([g, 1, n_hidden]), name="b1")
-        self.w2 = tf.Variable(tf.zeros([g, n_hidden, n_out]), name="w2")
-        self.b2 = tf.Variable(tf.zeros([g, 1, n_out]), name="b2")
-        self.variables = [self.w1, self.b1, self.w2, self.b2]
-
-    def reset(self, seed):
-        rng = np.random.default_rng(seed)
-
-        def glorot(shape):
-            limit = math.sqrt(6.0 / (shape[-2] + shape[-1]))
-            return rng.uniform(-limit, limit, size=shape).astype(np.float32)
-        self.w1.assign(glorot(self.w1.shape))
-        self.w2.assign(glorot(self.w2.shape))
-        self.b1.assign(tf.zeros_like(self.b1))
-        self.b2.assign(tf.zeros_like(self.b2))
-
-    def __call__(self, x, rate=None):
-        """x [G, B, F] -> [G, B, O]; ``rate`` [G]: dropout before each Dense (inputs included)."""
-        if rate is not None:
-            x = _dropout(x, rate)
-        hidden = tf.nn.relu(tf.matmul(x, self.w1) + self.b1)
-        if rate is not None:
-            hidden = _dropout(hidden, rate)
-        return tf.matmul(hidden, self.w2) + self.b2
-
-    def sq_norm(self):
-        """[G] sum of squared kernel entries (Keras' l2 regulariser on the kernels)."""
-        return (tf.reduce_sum(tf.square(self.w1), axis=[1, 2])
-                + tf.reduce_sum(tf.square(self.w2), axis=[1, 2]))
-
-
-def _dropout(x, rate):
-    rate = tf.reshape(rate, [-1, 1, 1])
-    keep = tf.cast(tf.random.uniform(tf.shape(x)) >= rate, x.dtype)
-    return x * keep / (1.0 - rate)
-
-
-def _member_batches(x, y, g, batch_size):
-    """[G, b, F], [G, b, 1]: an independent random mini-batch for each member."""
-    n = tf.shape(x)[0]
-    idx = tf.argsort(tf.random.uniform([g, n]), axis=1)[:, :batch_size]
-    return tf.gather(x, idx), tf.gather(y, idx)
-
-
-class Batched:
-    """Train and sample G networks at once: Gaussian heads (NLL) or dropout nets (MSE)."""
-
-    def __init__(self, g, n_features, n_hidden, settings, gaussian):
-        self.g, self.s, self.gaussian = g, settings, gaussian
-        self.net = BatchedMLP(g, n_features, n_hidden, 2 if gaussian else 1)
-        self.rate = tf.Variable(tf.zeros([g]), trainable=False)  # dropout rate per network
-        self.decay = tf.Variable(tf.zeros([g]), trainable=False)  # l2 factor per network
-        self.optimizer = tf_keras.optimizers.Adam(settings.learning_rate)
-        self.optimizer.build(self.net.variables)
-        self.loop = compiled_loop(self._loss, self.net.variables, self.optimizer, n_features,
-                                  aux_size=g)
-        net, rate = self.net, (None if gaussian else self.rate)
-
-        @tf.function(input_signature=[tf.TensorSpec([None, n_features], tf.float32),
-                                      tf.TensorSpec([], tf.int32)])
-        def sample(x, num):
-            # [num, G, B, O]: fresh dropout masks per sample (identical samples without dropout).
-            xs = tf.repeat(x[tf.newaxis], g, axis=0)
-            return tf.map_fn(lambda _: net(xs, rate), tf.range(num),
-                             fn_output_signature=tf.float32)
-        self.sample = sample
-
-    def _out(self, raw):
-        if not self.gaussian:
-            return raw, None
-        loc, r = tf.split(raw, 2, axis=-1)
-        return loc, tf.nn.softplus(r) + self.s.min_scale
-
-    def _loss(self, x, y, batch_size):
-        xb, yb = _member_batches(x, y, self.g, batch_size)
-        mu, sigma = self._out(self.net(xb, None if self.gaussian else self.rate))
-        if self.gaussian:
-            per = tf.reduce_mean(0.5 * tf.square((yb - mu) / sigma) + tf.math.log(sigma),
-                                 axis=[1, 2])
-        else:
-            per = tf.reduce_mean(tf.square(yb - mu), axis=[1, 2])
-        per = per + self.decay * self.net.sq_norm()
-        return tf.reduce_sum(per), per
-
-    def configure(self, rate, decay):
-        self.rate.assign(np.broadcast_to(rate, [self.g]).astype(np.float32))
-        self.decay.assign(np.broadcast_to(decay, [self.g]).astype(np.float32))
-
-    def reset(self, n_train, seed):
-        self.net.reset(seed)
-        reset_optimizer(self.optimizer, self.s.learning_rate)
-        if self.gaussian:
-            self.configure(0.0, self.s.weight_decay / n_train)
-
-    def train(self, x, y, steps):
-        self.loop(x, y, steps, min(self.s.batch_size, len(y)))
-
-    def predict(self, x, num):
-        """mu [num, G, B], sigma [num, G, B] or None (normalised units)."""
-        loc, scale = self._out(self.sample(x, num))
-        return loc.numpy()[..., 0], None if scale is None else scale.numpy()[..., 0]
-
-
-class GaussianNets(Batched):
-    """ensemble (M members, uniform-mixture predictive) or deterministic (M = 1)."""
+class Ensemble:
+    """ensemble: a `tfp_bnn.DeepEnsemble` of Gaussian-head networks (members trained together by
+    `MultiFit.for_ensemble`, predicted through ``as_model()``: the uniform mixture of the
+    members); deterministic: one such network. One ensemble, MultiFit and predictive model per
+    dataset: each run copies fresh Glorot weights into the members, member m's from the numpy
+    stream (seed, m) (a new ensemble per run would retrace every graph)."""
 
     def __init__(self, members, n_features, n_hidden, settings):
-        super().__init__(members, n_features, n_hidden, settings, gaussian=True)
+        self.members, self.f, self.h, self.s = members, n_features, n_hidden, settings
+        if members > 1:
+            ensemble = tfp_bnn.DeepEnsemble(self._build, num_members=members, seed=0)
+            self.trainer = MultiFit.for_ensemble(ensemble)
+            self.model = ensemble.as_model()
+        else:
+            self.model = self._build()
+            self.trainer = MultiFit([self.model], self.model.loss, settings.learning_rate)
+        self.seed, self.decay = 0, 0.0
+
+    def _build(self):
+        net = mlp(self.f, self.h, 2, heads.GaussianHead(min_scale=self.s.min_scale))
+        net.compile(tf_keras.optimizers.Adam(self.s.learning_rate), losses.GaussianNLL())
+        return net
+
+    def reset(self, n_train, seed):
+        self.seed, self.decay = seed, self.s.weight_decay / n_train
+        for m, member in enumerate(self.trainer.models):
+            member.set_weights(glorot_weights(member, np.random.default_rng([seed, m])))
+        self.trainer.reset_optimizer()
+
+    def train(self, x, y, epochs):
+        self.trainer.fit(x, y, epochs, self.s.batch_size, weight_decay=self.decay,
+                         seed=self.seed, reset_optimizer=False)
 
     def predict(self, x, num):
-        mu, sigma = super().predict(x, 1)  # deterministic members: one pass each
-        return mu[0], sigma[0]  # [M, B]: the members are the mixture components
+        # num_samples = M: every member once, [M, B] mixture components.
+        with warnings.catch_warnings():  # one deterministic net: "all samples are equal"
+            warnings.simplefilter("ignore", UserWarning)
+            out = output_samples(self.model, x, self.members, self.seed)
+        return out[..., 0], out[..., 1]
 
     def info(self):
         return {}
@@ -499,36 +397,44 @@ def gal_decay(rate, tau, n):
     return GAL_LENGTHSCALE ** 2 * (1.0 - rate) / (2.0 * n * tau)
 
 
-class MCDropout:
-    """Gal's grid search: all (p, tau) trained at once on 80 %, the best retrained on 100 %."""
+class DropoutGrid:
+    """Gal's recipe with `tfp_bnn.mc_dropout` (dropout before every Dense, inputs included):
+    every (p, tau) of the grid trained at once on 80 % (MSE + Gal's weight decay), the best by
+    validation log-likelihood retrained on 100 %; predictive noise 1/tau."""
 
     def __init__(self, n_features, n_hidden, settings, rates, taus):
-        self.s = settings
+        self.f, self.h, self.s = n_features, n_hidden, settings
         self.grid = [(p, t) for p in rates for t in taus]
-        self.search = Batched(len(self.grid), n_features, n_hidden, settings, gaussian=False)
-        self.final = Batched(1, n_features, n_hidden, settings, gaussian=False)
+        self.search = [self._net(p) for p, _ in self.grid]
+        self.search_fit = MultiFit(self.search, "mse", settings.learning_rate)
+        self.final = {p: self._net(p) for p in rates}
+        self.final_fit = {p: MultiFit([m], "mse", settings.learning_rate)
+                          for p, m in self.final.items()}
 
-    def _fit(self, model, x, y, grid, epochs, seed):
-        model.reset(len(y), seed)
-        model.configure([p for p, _ in grid], [gal_decay(p, t, len(y)) for p, t in grid])
-        steps = steps_for(epochs, len(y), self.s)
-        model.train(x, y, steps)
-        return steps
+    def _net(self, rate):
+        return tfp_bnn.mc_dropout(mlp(self.f, self.h, 1), rate=rate, where="all")
+
+    def _fit(self, trainer, x, y, grid, epochs, seed):
+        rng = np.random.default_rng(seed)
+        for model in trainer.models:  # MCDropout layers have no weights: two Dense layers
+            model.set_weights(glorot_weights(model, rng))
+        trainer.fit(x, y, epochs, self.s.batch_size, seed=seed,
+                    weight_decay=[gal_decay(p, t, len(y)) for p, t in grid])
+        return steps_for(epochs, len(y), self.s)
 
     def run(self, x, y, x_eval, y_std, epochs, seed):
         x_fit, y_fit, x_val, y_val = holdout(x, y)
-        self._fit(self.search, x_fit, y_fit, self.grid, epochs, seed)
-        mu, _ = self.search.predict(x_val, self.s.num_samples)  # [S, G, B]
-        val_ll = [scores(y_val, mu[:, g], 1.0 / math.sqrt(t) / y_std, y_std)["test_ll"]
-                  for g, (_, t) in enumerate(self.grid)]
+        self._fit(self.search_fit, x_fit, y_fit, self.grid, epochs, seed)
+        val_ll = [scores(y_val, output_samples(m, x_val, self.s.num_samples, seed)[..., 0],
+                         1.0 / math.sqrt(t) / y_std, y_std)["test_ll"]
+                  for m, (_, t) in zip(self.search, self.grid)]
         best = int(np.nanargmax(val_ll))
         rate, tau = self.grid[best]
-        steps = self._fit(self.final, x, y, [(rate, tau)], epochs, seed + 1)
-        mu, _ = self.final.predict(x_eval, self.s.num_samples)
+        steps = self._fit(self.final_fit[rate], x, y, [(rate, tau)], epochs, seed + 1)
+        mu = output_samples(self.final[rate], x_eval, self.s.num_samples, seed + 1)[..., 0]
         info = {"dropout": rate, "tau": tau, "val_ll": float(val_ll[best]), "epochs": epochs,
                 "steps": int(steps)}
-        return mu[:, 0], 1.0 / math.sqrt(tau) / y_std, info
-
+        return mu, 1.0 / math.sqrt(tau) / y_std, info
 
 # ---------------------------------------------------------------------------------------------
 # Driver
@@ -542,16 +448,18 @@ def run_dataset(folder, method, split_text, settings, args, emit):
         splits = splits[:3]
     first = load_split(folder, splits[0])
     f, h = first.x_train.shape[1], first.n_hidden
+    tf_keras.utils.set_random_seed(args.seed)  # once, before any graph is traced
     if method == "vi":
         runner = VI(f, h, settings)
     elif method == "mc_dropout":
-        runner = MCDropout(f, h, settings,
-                           read_grid(folder, "dropout_rates.txt", args.dropout_rates),
-                           read_grid(folder, "tau_values.txt", args.tau_values))
+        runner = DropoutGrid(f, h, settings,
+                             read_grid(folder, "dropout_rates.txt", args.dropout_rates),
+                             read_grid(folder, "tau_values.txt", args.tau_values))
     else:
-        runner = GaussianNets(settings.members if method == "ensemble" else 1, f, h, settings)
+        runner = Ensemble(settings.members if method == "ensemble" else 1, f, h, settings)
     factor = {"vi": settings.vi_epochs_factor, "mc_dropout": settings.epochs_factor}.get(
         method, settings.ens_epochs_factor)
+    checkpoints = settings.vi_checkpoints if method == "vi" else settings.checkpoints
 
     if settings.select_epochs not in ("dataset", "split", "off"):
         raise ValueError("select_epochs must be 'dataset', 'split' or 'off'. Received: "
@@ -572,7 +480,7 @@ def run_dataset(folder, method, split_text, settings, args, emit):
         for split in chosen:
             x, y, _, _ = data_for(first if split == splits[0] else load_split(folder, split))
             marks, curve = validation_curve(runner, x, y, fixed_epochs, settings,
-                                            1000 * args.seed + split)
+                                            1000 * args.seed + split, checkpoints)
             curves.append(curve)
         fixed_epochs, mean = best_epochs(marks, curves)
         selection = {"dataset": name, "method": method, "selection_splits": chosen,
@@ -593,7 +501,8 @@ def run_dataset(folder, method, split_text, settings, args, emit):
         else:
             extra = {}
             if select == "split":
-                marks, curve = validation_curve(runner, x, y, epochs, settings, seed)
+                marks, curve = validation_curve(runner, x, y, epochs, settings, seed,
+                                                checkpoints)
                 epochs, _ = best_epochs(marks, [curve])
                 extra["val_curve"] = [round(v, 4) for v in curve]
             elif select == "dataset":

@@ -1,6 +1,6 @@
 """scripts/uci_benchmark.py on the tiny fixture: the --quick run and its results.json, the
-original-units scores against scipy, several datasets, and bad input."""
-import importlib.util
+original-units scores against scipy, several datasets, the methods being the package's own, and
+bad input."""
 import json
 import math
 import shutil
@@ -8,7 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import uci_benchmark as bench  # scripts/ is on the test run's path (setup.cfg)
 from scipy import stats
+
+import tfp_bnn
+from tfp_bnn.baselines import EnsembleMembers, MCDropout
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = REPO_ROOT / "tests" / "fixtures" / "uci_tiny"
@@ -16,15 +20,6 @@ KEYS = {"dataset", "method", "splits", "test_ll_mean", "test_ll_se", "test_rmse_
         "test_rmse_se", "test_ll", "test_rmse", "per_split", "command", "date", "machine"}
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location(
-        "uci_benchmark", REPO_ROOT / "scripts" / "uci_benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_script()
 
 
 def _copy_tiny(tmp_path, name="tiny"):
@@ -132,3 +127,30 @@ def test_one_test_row_is_handled_and_empty_test_refused(tmp_path):
     (folder / "index_test_0.txt").write_text("")
     with pytest.raises(ValueError, match="index_test_0.txt is empty"):
         bench.main(["--data-dir", str(folder), "--method", "deterministic", "--splits", "0"])
+
+
+def test_the_methods_are_the_packages_own():
+    # Each runner's predictive model comes from the public API, not from a copy of it.
+    d = bench.load_split(str(TINY), 0)
+    f, h = d.x_train.shape[1], 8
+    settings = bench.Settings(batch_size=16, num_samples=7)
+    vi = bench.VI(f, h, settings)
+    vi.reset(len(d.y_train), seed=0)
+    assert [type(l).__name__ for l in vi.model.layers][-3:] == ["DenseFlipout", "DenseFlipout",
+                                                               "GaussianHead"]
+    weights = tfp_bnn.kl_weights(vi.model)
+    assert len(weights) == 2 and all(w == pytest.approx(1 / len(d.y_train))
+                                     for w in weights.values())
+    grid = bench.DropoutGrid(f, h, settings, rates=[0.05, 0.1], taus=[1.0])
+    rates = [sorted(l.rate for l in m.layers if isinstance(l, MCDropout)) for m in grid.search]
+    assert rates == [[0.05, 0.05], [0.1, 0.1]]  # before both Dense layers, inputs included
+    ens = bench.Ensemble(3, f, h, settings)
+    ens.reset(len(d.y_train), seed=0)
+    ens.train(d.x_train, d.y_train, epochs=2)
+    (members,) = [l.members for l in ens.model.layers if isinstance(l, EnsembleMembers)]
+    mu, sigma = ens.predict(d.x_test, settings.num_samples)
+    # the mixture components are the members, each once
+    for m, member in enumerate(members):
+        out = member(d.x_test).numpy()
+        np.testing.assert_allclose(mu[m], out[:, 0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(sigma[m], out[:, 1], rtol=1e-5, atol=1e-6)
