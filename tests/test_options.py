@@ -27,6 +27,7 @@ def test_choice_returns_the_member_for_its_string_and_for_itself(enum):
         got = options.choice("x", member.value, enum)
         assert got is member and options.choice("x", member, enum) is member
         assert got == member.value and str(got) == member.value and f"{got}" == member.value
+        assert repr(got) == repr(member.value)  # messages and argparse show what was typed
 
 
 @pytest.mark.parametrize("value", ["Flipout", "flip", "", None, 1, True, Hessian.DIAG])

@@ -1,10 +1,11 @@
 """bayesify(): rebuild a Keras model as a tf_keras model whose Dense/Conv/RNN layers are Bayesian.
 
-The source model (tf_keras or Keras 3; Sequential, Functional, nested) is read as a graph of
-layer calls and replayed with new tf_keras layers: selected Dense, Conv1D/2D/3D, LSTM, GRU and
-SimpleRNN layers (Bidirectional-wrapped ones too) become the registered Bayesian subclasses of
-`tfp_bnn.layers`, every other layer is recreated from its config with its weights copied.
-The source model is never modified.
+The source model (tf_keras or Keras 3; Sequential, Functional, nested) is replayed as new
+tf_keras layers by `tfp_bnn.replay`; this module only says which layers become Bayesian and
+how: selected Dense, Conv1D/2D/3D, LSTM, GRU and SimpleRNN layers (Bidirectional- and
+TimeDistributed-wrapped ones too) become the registered Bayesian subclasses of
+`tfp_bnn.layers` (`ESTIMATORS`); every other layer is copied with its weights. The source
+model is never modified.
 
 Example:
     >>> bnn = tfp_bnn.bayesify(model, estimator="flipout", prior="normal",
@@ -193,7 +194,7 @@ class _Bayesify:
             name=layer.name, trainable=layer.trainable)
 
 
-def _selector(model, layers, estimator):
+def _selector(model, layers):
     """Turn ``layers=`` into a predicate over source layers, validating names."""
     every = replay.all_layers(model)
     if layers is None:
@@ -258,7 +259,7 @@ def bayesify(model, estimator="flipout", prior="normal", posterior=None, num_tra
     prior = priors_lib.get(prior)
     posterior = posteriors_lib.get(posterior)
     weight = kl_weight_from(num_train_examples, kl_weight)
-    select = _selector(model, layers, estimator)
+    select = _selector(model, layers)
     task = tasks.infer(model) if task is None else tasks.resolve(model, task)
 
     if not any(_is_convertible_class(l) for l in replay.all_layers(model)):

@@ -9,8 +9,8 @@ infinities alike everywhere: ``True`` is not an integer here, and no numeric arg
 infinite unless the check says so (``allow_inf``).
 
 Example:
-    >>> choice("estimator", "flipout", Estimator)
-    <Estimator.FLIPOUT: 'flipout'>
+    >>> choice("estimator", "flipout", Estimator) is Estimator.FLIPOUT
+    True
     >>> integer("num_samples", 10, minimum=1)
     10
 """
@@ -26,10 +26,17 @@ __all__ = ["Estimator", "Task", "Hessian", "Subset", "Likelihood", "Placement", 
 
 
 class _Option(str, enum.Enum):
-    """A ``str`` enum whose ``str()`` is its value (f-strings and configs show the string)."""
+    """A ``str`` enum that prints as its value: ``str()`` (f-strings, configs) and ``repr()``.
+
+    The repr is the string's, so a message's ``{value!r}`` and argparse's list of choices
+    read ``'flipout'``, what the user typed, not ``<Estimator.FLIPOUT: 'flipout'>``.
+    """
 
     def __str__(self):
         return self.value
+
+    def __repr__(self):
+        return repr(self.value)
 
     @classmethod
     def values(cls):

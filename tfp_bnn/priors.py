@@ -73,7 +73,25 @@ class Prior:
         return hash((type(self).__name__, tuple(sorted(self.get_config().items()))))
 
 
-class Normal(Prior):
+class _FixedLocScale(Prior):
+    """A fixed prior of a location-scale ``family``, the same (loc, scale) for every weight."""
+
+    family = None  # the tfd class
+
+    def __init__(self, loc=0.0, scale=1.0):
+        self.loc = options.number("loc", loc)
+        self.scale = options.number("scale", scale, 0, strict=True)
+
+    def distribution(self, dtype, shape, name, trainable, add_variable_fn):
+        dist = self.family(loc=tf.fill(shape, tf.constant(self.loc, dtype)),
+                           scale=tf.constant(self.scale, dtype))
+        return tfd.Independent(dist, reinterpreted_batch_ndims=len(shape))
+
+    def get_config(self):
+        return {"loc": self.loc, "scale": self.scale}
+
+
+class Normal(_FixedLocScale):
     """Fixed isotropic Normal prior ``w ~ N(loc, scale^2)`` with the closed-form KL.
 
         KL(N(m, s) || N(m0, s0)) = log(s0 / s) + (s^2 + (m - m0)^2) / (2 s0^2) - 1/2
@@ -83,23 +101,13 @@ class Normal(Prior):
         scale: prior standard deviation, > 0.
     """
 
-    def __init__(self, loc=0.0, scale=1.0):
-        self.loc = options.number("loc", loc)
-        self.scale = options.number("scale", scale, 0, strict=True)
-
-    def distribution(self, dtype, shape, name, trainable, add_variable_fn):
-        dist = tfd.Normal(loc=tf.fill(shape, tf.constant(self.loc, dtype)),
-                          scale=tf.constant(self.scale, dtype))
-        return tfd.Independent(dist, reinterpreted_batch_ndims=len(shape))
+    family = tfd.Normal
 
     def kl(self, q, p, sample=None):
         loc, scale = _normal_parts(q)
         # tf.constant, not tf.cast: a Python float cast from float32 would lose float64 precision.
         return normal_kl(loc, scale, tf.constant(self.loc, loc.dtype),
                          tf.constant(self.scale, loc.dtype))
-
-    def get_config(self):
-        return {"loc": self.loc, "scale": self.scale}
 
 
 def normal_kl(loc, scale, prior_loc, prior_scale):
@@ -141,7 +149,7 @@ class LearnedNormal(Prior):
         return {"init_scale": self.init_scale}
 
 
-class Laplace(Prior):
+class Laplace(_FixedLocScale):
     """Laplace prior ``w ~ Laplace(loc, scale)`` (sparsity-inducing), with the closed-form KL.
 
         KL(N(m, s) || Laplace(m0, b)) = -H[N(m, s)] + log(2 b) + E|w - m0| / b
@@ -152,14 +160,7 @@ class Laplace(Prior):
         scale: prior scale b, > 0.
     """
 
-    def __init__(self, loc=0.0, scale=1.0):
-        self.loc = options.number("loc", loc)
-        self.scale = options.number("scale", scale, 0, strict=True)
-
-    def distribution(self, dtype, shape, name, trainable, add_variable_fn):
-        dist = tfd.Laplace(loc=tf.fill(shape, tf.constant(self.loc, dtype)),
-                           scale=tf.constant(self.scale, dtype))
-        return tfd.Independent(dist, reinterpreted_batch_ndims=len(shape))
+    family = tfd.Laplace
 
     def kl(self, q, p, sample=None):
         loc, scale = _normal_parts(q)
@@ -168,9 +169,6 @@ class Laplace(Prior):
         abs_mean = (scale * math.sqrt(2.0 / math.pi) * tf.exp(-tf.square(d) / (2.0 * tf.square(scale)))
                     + d * tf.math.erf(d / (scale * math.sqrt(2.0))))
         return tf.reduce_sum(-_entropy_normal(scale) + tf.math.log(2.0 * b) + abs_mean / b)
-
-    def get_config(self):
-        return {"loc": self.loc, "scale": self.scale}
 
 
 class ScaleMixture(Prior):

@@ -173,7 +173,7 @@ def mc_dropout(model, rate=0.1, where="before_dense", task=None):
     if not any(isinstance(l, MCDropout) for l in new._flatten_layers(include_self=False)):
         raise ValueError(f"mc_dropout(where={where.value!r}) left model {model.name!r} without any "
                          "dropout: it has no Dropout layer and no Dense layer where new dropout "
-                         f"would go. Use another placement: {sorted(PLACEMENTS)}")
+                         f"would go. Use another placement: {Placement.values()}")
     task = tasks.infer(model) if task is None else tasks.resolve(model, task)
     if task is not None:
         tasks.declare(new, task)
