@@ -15,10 +15,9 @@ References:
     Krishnan et al., "Specifying Weight Priors in Bayesian Deep Neural Networks with Empirical
     Bayes" (MOPED), AAAI 2020.
 """
-import math
-
 import numpy as np
 
+from tfp_bnn import options
 from tfp_bnn._keras import tf, tf_keras, tfd, tfp
 
 __all__ = ["MeanField", "get", "inverse_softplus", "normal_posterior", "deterministic_posterior"]
@@ -47,22 +46,13 @@ class MeanField:
     """
 
     def __init__(self, init_scale=0.05, from_weights=False, moped_delta=None, bayesian_bias=False):
-        try:
-            scale_ok = float(init_scale) > 0 and math.isfinite(float(init_scale))
-        except (TypeError, ValueError):
-            scale_ok = False
-        if not scale_ok:
-            raise ValueError(f"init_scale must be a positive number. Received: init_scale={init_scale!r}")
+        self.init_scale = options.number("init_scale", init_scale, 0.0, strict=True)
         if moped_delta is not None:
             try:
-                delta_ok = float(moped_delta) > 0 and math.isfinite(float(moped_delta))
-            except (TypeError, ValueError):
-                delta_ok = False
-            if not delta_ok:
+                moped_delta = options.number("moped_delta", moped_delta, 0.0, strict=True)
+            except ValueError:  # None is valid too: the message says so
                 raise ValueError("moped_delta must be a positive number or None. "
-                                 f"Received: moped_delta={moped_delta!r}")
-            moped_delta = float(moped_delta)
-        self.init_scale = float(init_scale)
+                                 f"Received: moped_delta={moped_delta!r}") from None
         self.moped_delta = moped_delta
         self.from_weights = bool(from_weights) or moped_delta is not None
         self.bayesian_bias = bool(bayesian_bias)

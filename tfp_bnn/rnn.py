@@ -503,8 +503,3 @@ def keras_options(kind, config):
     if kind == "GRU":
         options["reset_after"] = config.get("reset_after", True)
     return options
-
-
-def init_from_weights(layer, weights, posterior):
-    """`BayesianLayer.init_from_weights` (kept for callers of this module's function)."""
-    return layer.init_from_weights(weights, posterior)
