@@ -1,8 +1,8 @@
 """Other uncertainty methods behind the same predict/export interface as a VI model.
 
 Each returns (or builds) a tf_keras model whose forward pass is one posterior sample, through
-layers marked ``stochastic = True`` that read `tfp_bnn.sampling.current()`; so `tfp_bnn.predict`
-and `tfp_bnn.export_savedmodel` treat every method like a `bayesify` model.
+`tfp_bnn.sampling.StochasticLayer` layers (plain call, posterior mean, S samples); so
+`tfp_bnn.predict` and `tfp_bnn.export_savedmodel` treat every method like a `bayesify` model.
 
     mc_dropout(model, rate, where)          Gal & Ghahramani 2016                (mc_dropout.py)
     DeepEnsemble(build_fn, num_members)     Lakshminarayanan et al. 2017         (ensemble.py)
