@@ -110,20 +110,6 @@ def time_round_robin(variants, calls, budget, warmup=20):
     return times
 
 
-def _check_args(models, calls, budget, batch_sizes, samples):
-    unknown = [m for m in models if m not in MODELS]
-    if unknown or not models:
-        raise ValueError(f"models must name some of {sorted(MODELS)}. "
-                         f"Received: models={list(models)!r}")
-    for name, values in (("batch_sizes", batch_sizes), ("samples", samples)):
-        if not values:
-            raise ValueError(f"{name} must name at least one size. Received: {name}={values!r}")
-        for v in values:
-            options.integer(name, v, minimum=1)
-    options.integer("calls", calls, minimum=1)
-    options.number("budget", budget, 0)  # seconds
-
-
 def run(models=("mlp", "cnn"), calls=500, budget=240.0, batch_sizes=(1, 256), samples=(10, 100),
         log=print):
     """Export, load and time every (model, batch, S); returns rows, target checks, environment.
@@ -140,7 +126,16 @@ def run(models=("mlp", "cnn"), calls=500, budget=240.0, batch_sizes=(1, 256), sa
         variant, n, p50, p95 (ms); a check what, value, target, met, other.
     """
     models, batch_sizes, samples = tuple(models), tuple(batch_sizes), tuple(samples)
-    _check_args(models, calls, budget, batch_sizes, samples)
+    if not models or any(m not in MODELS for m in models):
+        raise ValueError(f"models must name some of {sorted(MODELS)}. "
+                         f"Received: models={list(models)!r}")
+    for name, values in (("batch_sizes", batch_sizes), ("samples", samples)):
+        if not values:
+            raise ValueError(f"{name} must name at least one size. Received: {name}={values!r}")
+        for v in values:
+            options.integer(name, v, minimum=1)
+    options.integer("calls", calls, minimum=1)
+    options.number("budget", budget, 0)  # seconds
     tf_keras.utils.set_random_seed(0)
     load_start = os.getloadavg()
     rows = []
