@@ -1,6 +1,5 @@
 """Bayesian LSTM/GRU/SimpleRNN: one draw per sequence, closed-form KL, Keras RNN behaviour,
 serialisation, bayesify, the vectorised MC path and the TFP-free export."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,7 +16,6 @@ from tfp_bnn._keras import tf, tf_keras
 
 from layer_contract import assert_same_variables, run_layer_test
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 X = np.random.default_rng(0).normal(size=(4, 5, 3)).astype(np.float32)
 TRAINABLE = ["kernel_posterior_loc", "kernel_posterior_untransformed_scale",
              "recurrent_kernel_posterior_loc", "recurrent_kernel_posterior_untransformed_scale",
@@ -327,7 +325,7 @@ def sequence_bnn():
     tf_keras.utils.set_random_seed(0)
     source = tf_keras.Sequential([tf_keras.Input((5, 3), name="sequence"),
                                   tf_keras.layers.LSTM(6), tf_keras.layers.Dense(1)])
-    return tfp_bnn.bayesify(source, kl_weight=1.0,
+    return tfp_bnn.bayesify(source, kl_weight=1.0, task="regression",
                             posterior=tfp_bnn.posteriors.MeanField(init_scale=0.3))
 
 
@@ -406,10 +404,7 @@ def test_unknown_feature_dimension_and_ragged_input():
 # The demo
 # ---------------------------------------------------------------------------------------------
 def test_sequence_demo_quick(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location(
-        "sequence_demo", os.path.join(REPO, "scripts", "sequence_demo.py"))
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+    import sequence_demo as demo  # scripts/ is on the test run's path (setup.cfg)
     out = tmp_path / "demo.png"
     assert demo.main(["--quick", "--epochs", "1", "--samples", "5", "--out", str(out)]) == 0
     text = capsys.readouterr().out
