@@ -39,12 +39,11 @@ import warnings
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import compare_methods as cm  # noqa: E402  (data sets, backbone, recipes, timing)
-
-import tfp_bnn  # noqa: E402
-from tfp_bnn.distill import distill  # noqa: E402
-from tfp_bnn._keras import tf_keras  # noqa: E402
+# A script's own folder is on the import path (and setup.cfg puts scripts/ there for the tests)
+import compare_methods as cm
+import tfp_bnn
+from tfp_bnn.distill import distill
+from tfp_bnn._keras import tf_keras
 
 METHODS = ("teacher", "hard_label", "distilled", "distilled_mi")
 LABELS = {"teacher": "Teacher (VI Flipout, MC)", "hard_label": "Hard-label student",

@@ -1,11 +1,9 @@
 """tfp_bnn.distill: the losses by hand, the logged losses against numpy on the teacher's soft
 targets, the student reaching the teacher, the MI head, bad input, an untouched teacher, and the
 report script's --quick run."""
-import importlib.util
 import json
 import re
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +13,6 @@ from tfp_bnn import posteriors
 from tfp_bnn._keras import tf_keras
 from tfp_bnn.distill import Distillation, distill, mi_squared_error, soft_target_cross_entropy
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 # Posterior means at the (scaled-up) source weights, std 0.5: confident but clearly
 # non-zero teacher MI.
 POSTERIOR = posteriors.MeanField(init_scale=0.5, from_weights=True)
@@ -280,11 +277,8 @@ def test_bad_models_and_inputs(teacher):
 # The report script
 # ---------------------------------------------------------------------------------------------
 def _load_report():
-    spec = importlib.util.spec_from_file_location("distill_report",
-                                                  REPO_ROOT / "scripts" / "distill_report.py")
-    report = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(report)
-    return report
+    import distill_report  # scripts/ is on the test run's path (setup.cfg)
+    return distill_report
 
 
 def test_report_quick_run(tmp_path):

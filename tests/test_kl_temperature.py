@@ -1,24 +1,11 @@
 """scripts/kl_temperature.py: the decision rule on hand-made bands, one tiny run, no overwrite."""
-import importlib.util
 import json
-import os
 
+import kl_temperature as kl  # scripts/ is on the test run's path (setup.cfg)
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _load_script():
-    path = os.path.join(REPO, "scripts", "kl_temperature.py")
-    spec = importlib.util.spec_from_file_location("kl_temperature", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-kl = _load_script()
 NAN = float("nan")
 
 
