@@ -7,12 +7,15 @@ strides, ...) and add only what Bayes needs: ``prior``, ``posterior`` and ``kl_w
     outputs = activation(op(inputs, kernel) + bias)
     add_loss(kl_weight * KL(q || prior))           # kl_weight = 1/N gives -ELBO/N with the NLL
 
-What differs from the TFP parents:
+What differs from the TFP parents comes from the one Bayesian base, `tfp_bnn.bayesian`:
 * ``kl_weight`` is a non-trainable variable of the layer (saved with it; callbacks anneal it);
-* the KL uses the prior's closed form or its Monte Carlo estimate (`tfp_bnn.priors`);
+* the KL uses the prior's closed form or its Monte Carlo estimate (`tfp_bnn.priors`), once per
+  forward pass of the outermost model even for a layer shared by two branches;
 * ``get_config`` holds plain numbers and strings: no marshalled Python bytecode in saved files;
+* ``init_from_weights``: posterior means from a trained Keras layer (MOPED scales);
 * inside `tfp_bnn.sampling.mc_sampling` the layer draws S independent weight sets in one
-  batched computation (used by `tfp_bnn.predict` and the SavedModel export).
+  batched computation (used by `tfp_bnn.predict` and the SavedModel export): a Dense layer
+  through `tfp_bnn.sampling.gaussian_matmul`, a convolution as S convolutions.
 
 Example:
     >>> layer = DenseFlipout(64, activation="relu", prior="normal", kl_weight=1 / 120)

@@ -6,7 +6,11 @@ call, i.e. per sequence, and reused at every time step:
 
     W ~ q(W), R ~ q(R)                                 (once per call)
     z_t = x_t W + h_{t-1} R + b;  (h_t, c_t) = gates(z_t, c_{t-1})   as Keras LSTM/GRU/SimpleRNN
-    add_loss(kl_weight * KL(q || prior))               (once per call and weight tensor)
+    add_loss(kl_weight * KL(q || prior))               (once per pass and weight tensor)
+
+The prior, posterior, kl_weight, KL bookkeeping (a shared layer's KL enters once per forward
+pass of the outermost model), config and init from trained weights are `tfp_bnn.bayesian`'s;
+this module adds only the recurrence and its draws.
 
 Flipout variants draw one perturbation dW = sigma * eps per call and give each sequence its own
 signs, fixed across its time steps: x_t W = x_t mu + ((x_t * s) dW) * r, s and r in {-1, 1}.
