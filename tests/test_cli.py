@@ -16,7 +16,6 @@ from tfp_bnn import cli, data, train
 from tfp_bnn._keras import tf_keras
 
 
-
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "tfp_bnn.cli", *args], capture_output=True,
                           text=True, timeout=600)
