@@ -127,8 +127,9 @@ def test_kl_weight_from_a_dataset_counts_examples_not_batches():
                                      np.zeros((7, 1))))
     assert elbo.num_examples(features) == 7
     assert elbo.num_examples(features.batch(3)) == 7
-    for dataset in (examples.repeat(), examples.batch(2).repeat(), examples.batch(2).batch(2)):
-        with pytest.raises(ValueError, match=r"num_train_examples=N"):
+    for dataset, why in ((examples.repeat(), "infinite"), (examples.batch(2).repeat(), "infinite"),
+                         (examples.batch(2).batch(2), "batches of batches")):
+        with pytest.raises(ValueError, match=rf"{why}.*num_train_examples=N"):
             elbo.kl_weight_from(num_train_examples=dataset)
     source = tf_keras.Sequential([tf_keras.Input((3,)), L.Dense(2)])
     bnn = tfp_bnn.bayesify(source, num_train_examples=examples.batch(4))
