@@ -15,12 +15,16 @@ FROM_WEIGHTS = posteriors.MeanField(from_weights=True)
 
 
 def _randomize(model, seed=0):
-    """Non-trivial weights everywhere (BN statistics positive), so copies can be told apart."""
+    """Non-trivial weights everywhere (BN statistics positive), so copies can be told apart.
+
+    tf_keras and Keras 3 models alike (a Keras 3 variable's ``name`` lacks its layer's path).
+    """
     rng = np.random.default_rng(seed)
+    names = [getattr(v, "path", None) or v.name for v in model.weights]
     model.set_weights([np.abs(rng.normal(size=w.shape)).astype(w.dtype) + 0.1
-                       if "variance" in v.name or "gamma" in v.name
+                       if "variance" in name or "gamma" in name
                        else rng.normal(scale=0.5, size=w.shape).astype(w.dtype)
-                       for w, v in zip(model.get_weights(), model.weights)])
+                       for w, name in zip(model.get_weights(), names)])
     return model
 
 
@@ -276,18 +280,9 @@ def _keras3():
     return keras
 
 
-def _k3_randomize(model, seed=0):
-    rng = np.random.default_rng(seed)
-    model.set_weights([np.abs(rng.normal(size=w.shape)).astype(w.dtype) + 0.1
-                       if "variance" in v.path or "gamma" in v.path
-                       else rng.normal(scale=0.5, size=w.shape).astype(w.dtype)
-                       for w, v in zip(model.get_weights(), model.weights)])
-    return model
-
-
 def test_keras3_sequential_is_converted_with_weights():
     keras = _keras3()
-    source = _k3_randomize(keras.Sequential([
+    source = _randomize(keras.Sequential([
         keras.Input((6,)), keras.layers.Dense(5, activation="relu", name="a"),
         keras.layers.BatchNormalization(name="bn"), keras.layers.Dropout(0.3, name="drop"),
         keras.layers.Dense(2, activation="softmax", name="b")], name="k3seq"))
@@ -313,7 +308,7 @@ def test_keras3_functional_is_converted_with_weights():
     b = kl.Flatten()(kl.BatchNormalization(name="bn")(b))
     h = kl.Concatenate()([a, b, vec])
     h = kl.Add()([kl.Dense(4, activation="tanh", name="d")(h), kl.Dense(4, name="skip")(h)])
-    source = _k3_randomize(keras.Model([img, vec], [kl.Dense(2, name="out")(h), h], name="k3f"))
+    source = _randomize(keras.Model([img, vec], [kl.Dense(2, name="out")(h), h], name="k3f"))
     bnn = tfp_bnn.bayesify(source, num_train_examples=10, posterior=FROM_WEIGHTS)
     classes = _classes(bnn)
     assert classes["Conv2DFlipout"] == 2 and classes["DenseFlipout"] == 3
@@ -481,7 +476,7 @@ def test_time_distributed_dense_becomes_a_bayesian_dense(tmp_path):
     np.testing.assert_allclose(tfp_bnn.sampling.mean_outputs(loaded, x),
                                tfp_bnn.sampling.mean_outputs(bnn, x), rtol=1e-6)
     pred = tfp_bnn.predict(bnn, x, num_samples=20, seed=0)
-    assert pred.mean_logits.shape == (2, 5, 2) and np.all(pred.variance > 0)
+    assert pred.mean_logits.shape == (2, 5, 2) and np.all(pred.logit_variance > 0)
 
 
 def test_keras3_time_distributed_dense_after_a_masked_lstm():
