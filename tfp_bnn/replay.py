@@ -14,7 +14,9 @@ The source model is never modified: new layers get copies of its weights once th
 built. A layer shared by several calls is replaced once and the replacement is called at each
 of them; masks propagate as Keras propagates them. Keras 3 layer configs are translated to
 tf_keras (`to_tf_keras_config`); a recorded node that is not a layer (a Keras 3 operation such
-as ``x + y``) goes through `_operation_call`, the one place such operations are translated.
+as ``x + y``) goes through `_operation_call`, the one place that decides what stands in for an
+operation (today a clear error naming the layer to use; a table of translated operations
+belongs there).
 
 `kind` is the one classification of convertible layer kinds, by built-in class (never by a
 substring of a user class's name); a new kind is one more name in `KINDS`.
