@@ -13,8 +13,12 @@ from tfp_bnn.distill import Distillation, distill  # noqa: E402
 from tfp_bnn.elbo import BayesianModel, kl_weights, set_kl_weight  # noqa: E402
 from tfp_bnn.export import export_savedmodel  # noqa: E402
 from tfp_bnn.predict import Prediction, predict  # noqa: E402
+from tfp_bnn import metrics  # noqa: E402
+from tfp_bnn.calibration import Calibrated, calibrate  # noqa: E402
+from tfp_bnn.conformal import Conformal, conformal  # noqa: E402
 from tfp_bnn.options import Task  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["bayesify", "mc_dropout", "DeepEnsemble", "laplace", "distill", "Distillation", "predict", "Prediction", "export_savedmodel", "BayesianModel", "callbacks", "layers", "posteriors", "priors",
-           "sampling", "set_kl_weight", "kl_weights", "tasks", "methods", "Task"]
+           "sampling", "set_kl_weight", "kl_weights", "tasks", "methods", "Task",
+           "calibrate", "Calibrated", "conformal", "Conformal", "metrics"]

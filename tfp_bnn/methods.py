@@ -18,7 +18,7 @@ import weakref
 
 from tfp_bnn._keras import tf_keras
 
-__all__ = ["Method", "predictive_model"]
+__all__ = ["Method", "PostHoc", "predictive_model", "post_hoc"]
 
 
 @typing.runtime_checkable
@@ -27,6 +27,38 @@ class Method(typing.Protocol):
 
     def as_model(self):
         ...
+
+
+@typing.runtime_checkable
+class PostHoc(typing.Protocol):
+    """A method fitted after training on held-out data (`tfp_bnn.calibrate`, `tfp_bnn.conformal`).
+
+    It wraps a model (``as_model()`` is that model's predictive model) and replaces the task's
+    summary of the ``[S, B, ...]`` output samples by its own, in TF ops: `tfp_bnn.predict` runs
+    it in its compiled graph, `tfp_bnn.export_savedmodel` in the served one. Both pass it
+    ``summarize(samples, exact)``, their summary of the model's samples, to build on.
+
+    Attributes:
+        task: the wrapped model's `tfp_bnn.Task`.
+        alpha: the miscoverage level of a conformal method (its summary takes another one as
+            ``alpha``), None for a calibration.
+        served: ``{served output name: summary key}``.
+    """
+
+    task: typing.Any
+    alpha: typing.Any
+    served: dict
+
+    def as_model(self):
+        ...
+
+    def summary(self, samples, summarize, exact=True, alpha=None, seed=None):
+        ...
+
+
+def post_hoc(obj):
+    """``obj`` if it is a `PostHoc` method (calibrated or conformal), else None."""
+    return obj if isinstance(obj, PostHoc) else None
 
 
 _CACHE = weakref.WeakKeyDictionary()

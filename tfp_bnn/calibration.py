@@ -1,0 +1,301 @@
+"""Post-hoc calibration fitted on validation data: `calibrate` returns a model every consumer takes.
+
+A BNN's Monte Carlo predictive can be mis-calibrated (mean-field VI with the honest 1/N KL is
+underconfident on small data). Instead of re-training under a grid of KL multipliers, one or a
+few numbers are fitted on a validation set and applied after the model, in `tfp_bnn.predict`
+and inside the exported SavedModel (core TF ops, so the served graph still loads without TFP).
+With ``pbar = (1/S) sum_s softmax(z_s)`` the MC predictive and ``l = log pbar``:
+
+    "temperature", target "predictive":  p = softmax(l / T)                  (T > 0, a scalar)
+    "temperature", target "samples":     p = (1/S) sum_s softmax(z_s / T)
+    "vector":                            p = softmax(w * l + b)              (w, b in R^C)
+    "variance" (regression):             variance = s * variance             (s > 0, a scalar)
+
+T, w and b minimise the validation NLL of the MC predictive; ``s = mean_id (y - m)^2 / v`` is
+the closed-form minimiser of the validation Gaussian NLL. A temperature after the average
+("predictive", the default) is the one that works: on the digits recipe of
+``scripts/calibration_digits.py`` (two seeds) it took the validation-fitted test NLL and ECE
+further down than the same temperature inside every sample (see `CalibrationTarget`).
+
+What changes: for classification ``probabilities`` and ``predictive_entropy`` are those of the
+calibrated predictive; with target "predictive" ``expected_entropy`` and ``mutual_information``
+stay the model's (the temperature acts after the average, on no single sample), with target
+"samples" every field is that of the scaled logits. For "variance" the total, epistemic and
+aleatoric variances are all scaled by s.
+
+Example:
+    >>> cal = tfp_bnn.calibrate(bnn, x_val, y_val, method="temperature")
+    >>> cal.temperature, cal.validation_nll                 # (2.1, (0.22, 0.15))
+    >>> tfp_bnn.predict(cal, x_test).probabilities          # calibrated
+    >>> tfp_bnn.export_savedmodel(cal, "savedmodels/digits_cal")
+
+References:
+    Guo et al., "On Calibration of Modern Neural Networks", ICML 2017 (temperature and vector
+    scaling). Kuleshov et al., "Accurate Uncertainties for Deep Learning Using Calibrated
+    Regression", ICML 2018; Levi et al., "Evaluating and Calibrating Uncertainty Prediction in
+    Regression Tasks", 2019 (scaling the predictive variance).
+"""
+import math
+
+import numpy as np
+
+from tfp_bnn import methods, metrics, options, tasks
+from tfp_bnn._keras import tf, tfp
+from tfp_bnn.options import Calibration, CalibrationTarget, Task
+from tfp_bnn.predict import predict as mc_predict
+
+__all__ = ["Calibrated", "calibrate", "temperature_scale", "vector_scale", "TEMPERATURE_RANGE"]
+
+# T is searched on a log scale in this range: wider than any calibrated digits/Iris model needs
+# (T = 0.3 .. 3), and a fitted T on its edge says the validation set cannot pin it down.
+TEMPERATURE_RANGE = (1e-2, 1e2)
+# log(0) of a class whose MC-averaged probability underflowed float32: a finite floor keeps
+# w * l + b finite for every w (0 * -inf would be NaN).
+_LOG_FLOOR = -70.0
+
+
+def _log_probabilities(probabilities):
+    return tf.maximum(tf.math.log(tf.cast(probabilities, tf.float32)), _LOG_FLOOR)
+
+
+def temperature_scale(probabilities, temperature):
+    """``softmax(log(probabilities) / T)`` over the last axis (TF ops; [..., C] in and out)."""
+    return tf.exp(tf.nn.log_softmax(_log_probabilities(probabilities) / temperature, axis=-1))
+
+
+def vector_scale(probabilities, weights, bias):
+    """``softmax(w * log(probabilities) + b)`` over the last axis (TF ops; w, b of shape [C])."""
+    logits = tf.cast(weights, tf.float32) * _log_probabilities(probabilities)
+    return tf.exp(tf.nn.log_softmax(logits + tf.cast(bias, tf.float32), axis=-1))
+
+
+class Calibrated:
+    """A model with post-hoc calibration fitted on validation data; built by `calibrate`.
+
+    `tfp_bnn.predict`, `tfp_bnn.export_savedmodel` and `tfp_bnn.conformal` take it wherever they
+    take the model (the `tfp_bnn.methods.PostHoc` protocol).
+
+    Attributes:
+        model: the wrapped model or method (not copied, not changed).
+        task: the model's `Task`.
+        method: `Calibration` ("temperature", "vector" or "variance").
+        target: `CalibrationTarget` of a temperature ("predictive" or "samples"), else None.
+        temperature: the fitted T ("temperature"), else None.
+        weights, bias: the fitted [C] arrays ("vector"), else None.
+        variance_scale: the fitted s ("variance"), else None.
+        validation_nll: ``(before, after)``: the validation NLL the fit started from and reached.
+        num_samples: S of the validation predictions the values were fitted on.
+    """
+
+    alpha = None  # no conformal level: a `tfp_bnn.conformal` result has one
+
+    def __init__(self, model, task, method, target=None, temperature=None, weights=None,
+                 bias=None, variance_scale=None, validation_nll=None, num_samples=None):
+        self.model = model
+        self.task = task
+        self.method = method
+        self.target = target
+        self.temperature = temperature
+        self.weights = weights
+        self.bias = bias
+        self.variance_scale = variance_scale
+        self.validation_nll = validation_nll
+        self.num_samples = num_samples
+
+    def as_model(self):
+        return methods.predictive_model(self.model, "model")
+
+    @property
+    def served(self):
+        """Served output name -> summary key: the task's outputs (calibrated in place)."""
+        return dict(tasks.get(self.task).served)
+
+    def summary(self, samples, summarize, exact=True, alpha=None, seed=None):
+        """The task's summary of ``[S, B, ...]`` samples, calibrated (TF ops; see module doc).
+
+        Args:
+            samples: the model's output samples.
+            summarize: ``summarize(samples, exact)``, the caller's summary of the model's
+                samples (`tfp_bnn.predict.summarize` for its task).
+            exact: as in `tfp_bnn.predict.summarize`.
+            alpha, seed: unused: calibration has no level and draws nothing.
+        """
+        del alpha, seed
+        if self.target is CalibrationTarget.SAMPLES:
+            samples = tf.cast(samples, tf.float32) / self.temperature
+        out = dict(summarize(samples, exact))
+        if self.method is Calibration.VARIANCE:
+            for key in ("variance", "epistemic_variance", "aleatoric_variance"):
+                out[key] = out[key] * self.variance_scale
+        elif self.target is CalibrationTarget.PREDICTIVE or self.method is Calibration.VECTOR:
+            out["probabilities"] = self._scale(out["probabilities"])
+            out["predictive_entropy"] = tasks._entropy(out["probabilities"])
+        return out
+
+    def _scale(self, probabilities):
+        if self.method is Calibration.VECTOR:
+            return vector_scale(probabilities, self.weights, self.bias)
+        return temperature_scale(probabilities, self.temperature)
+
+    def get_config(self):
+        """The fitted values as a JSON-clean dict (saved with an export)."""
+        return {"calibration": self.method.value, "task": self.task.value,
+                "target": None if self.target is None else self.target.value,
+                "temperature": self.temperature,
+                "weights": None if self.weights is None else [float(v) for v in self.weights],
+                "bias": None if self.bias is None else [float(v) for v in self.bias],
+                "variance_scale": self.variance_scale}
+
+    def __repr__(self):
+        fitted = {k: v for k, v in self.get_config().items() if v is not None}
+        return f"Calibrated({fitted})"
+
+
+def _nll(probabilities, y):
+    return metrics.nll(np.asarray(probabilities, np.float64), y)
+
+
+def _search_temperature(nll_of):
+    """The T in `TEMPERATURE_RANGE` minimising ``nll_of(T)``: a log grid, then golden section
+    inside the best grid cell (the NLL is convex in 1/T for target "predictive")."""
+    from tfp_bnn.baselines.laplace import _golden_max
+
+    lo, hi = (math.log(v) for v in TEMPERATURE_RANGE)
+    grid = np.linspace(lo, hi, 41)
+    values = [nll_of(math.exp(g)) for g in grid]
+    best = int(np.argmin(values))
+    a, b = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
+    return math.exp(_golden_max(lambda g: -nll_of(math.exp(g)), a, b, iters=30))
+
+
+def _fit_vector(probabilities, y, temperature):
+    """w, b minimising the NLL of softmax(w * log p + b): convex, so L-BFGS finds the optimum."""
+    log_p = _log_probabilities(probabilities)
+    labels = tf.constant(y)
+    num_classes = int(log_p.shape[-1])
+
+    def loss_and_gradient(params):
+        with tf.GradientTape() as tape:
+            tape.watch(params)
+            logits = params[:num_classes] * log_p + params[num_classes:]
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+        return loss, tape.gradient(loss, params)
+
+    start = tf.concat([tf.fill([num_classes], 1.0 / temperature), tf.zeros([num_classes])], 0)
+    result = tfp.optimizer.lbfgs_minimize(loss_and_gradient, start, max_iterations=200,
+                                          tolerance=1e-8)
+    params = result.position.numpy().astype(np.float64)
+    return params[:num_classes], params[num_classes:]
+
+
+def _check_wrappable(model, name="model"):
+    if isinstance(model, methods.PostHoc):
+        kind = "conformal" if model.alpha is not None else "calibrated"
+        raise ValueError(
+            f"{name} is already {kind} ({model!r}): calibrate the uncalibrated model once, "
+            f"then pass the result to tfp_bnn.conformal. Received: {name} of type "
+            f"{type(model).__name__}")
+
+
+def _targets(y, pred, name):
+    """Validation targets checked against the predictions: class indices or [N, D] values."""
+    if pred.is_classification:
+        return metrics._check_labels(y, len(pred.probabilities), pred.probabilities.shape[1],
+                                     name=name)
+    t = np.asarray(y, dtype=np.float64)
+    if t.size != pred.mean.size:
+        raise ValueError(f"{name} must hold one target per output: {pred.mean.shape} for these "
+                         f"inputs. Received: {name}.shape={t.shape}")
+    if not np.isfinite(t).all():
+        raise ValueError(f"{name} must be finite. Received: {name} with "
+                         f"{int((~np.isfinite(t)).sum())} NaN or infinite value(s)")
+    return t.reshape(pred.mean.shape)
+
+
+def calibrate(model, x_val, y_val, method="temperature", target="predictive", num_samples=100,
+              seed=0, batch_size=None, task=None):
+    """Fit a post-hoc calibration of ``model`` on validation data (see module doc).
+
+        temperature: T = argmin_T NLL_val(softmax(log pbar / T))      (or of the scaled samples)
+        vector:      w, b = argmin NLL_val(softmax(w * log pbar + b))
+        variance:    s = mean_id (y_id - m_id)^2 / v_id
+
+    Args:
+        model: anything `tfp_bnn.predict` takes (a tf_keras model, a `DeepEnsemble` after fit,
+            a `laplace` result, a `SWAG` callback after fit, a `distill` result); not changed.
+        x_val, y_val: a validation set held out from training (never the training data: on it
+            the model looks better calibrated than it is). Labels are class indices in [0, C).
+        method: "temperature" or "vector" (classification), "variance" (regression).
+        target: where a temperature acts: "predictive" (the log of the MC-averaged predictive;
+            the default, it calibrates better) or "samples" (each sample's logits).
+        num_samples: S of the validation predictions; predict the calibrated model with the same
+            S (the fitted values are for that predictive).
+        seed: seed of the validation predictions (None: unseeded).
+        batch_size: as in `tfp_bnn.predict`.
+        task: None (the model's own task) or a `tfp_bnn.Task`, as in `tfp_bnn.predict`.
+
+    Returns:
+        A `Calibrated`, accepted by `tfp_bnn.predict`, `tfp_bnn.export_savedmodel` and
+        `tfp_bnn.conformal`.
+
+    Example:
+        >>> cal = tfp_bnn.calibrate(bnn, x_val, y_val)
+        >>> tfp_bnn.predict(cal, x_test, num_samples=100).probabilities
+
+    References:
+        Guo et al., "On Calibration of Modern Neural Networks", ICML 2017.
+    """
+    _check_wrappable(model)
+    method = options.choice("method", method, Calibration, what="calibration method")
+    target = options.choice("target", target, CalibrationTarget, what="calibration target")
+    if method is not Calibration.TEMPERATURE and target is not CalibrationTarget.PREDICTIVE:
+        raise ValueError(f"target applies to method='temperature' only. Received: "
+                         f"target={target.value!r} with method={method.value!r}")
+    predictive = methods.predictive_model(model, "model")
+    resolved = tasks.resolve(predictive, task)
+    if target is CalibrationTarget.SAMPLES and tasks.outputs_probabilities(predictive):
+        raise ValueError(f"target='samples' divides each sample's logits by T; model "
+                         f"{predictive.name!r} outputs probabilities (a softmax or sigmoid "
+                         "output layer). Use target='predictive'.")
+    classifies = Task(resolved).is_classification
+    if classifies != (method is not Calibration.VARIANCE):
+        valid = ["temperature", "vector"] if classifies else ["variance"]
+        raise ValueError(f"method={method.value!r} does not calibrate a {resolved.value} model "
+                         f"(task {resolved.value!r}). Valid: {valid}")
+    samples_needed = method is Calibration.TEMPERATURE and target is CalibrationTarget.SAMPLES
+    pred = mc_predict(model, x_val, num_samples=num_samples, seed=seed,
+                               batch_size=batch_size, return_samples=samples_needed,
+                               verbose=0, task=resolved)
+    y = _targets(y_val, pred, "y_val")
+    fitted = dict(model=model, task=resolved, method=method, num_samples=int(num_samples))
+
+    if method is Calibration.VARIANCE:
+        if not (pred.variance > 0).all():
+            raise ValueError(
+                f"method='variance' scales the predictive variance, which is 0 for "
+                f"{int((pred.variance <= 0).sum())} validation value(s): the model has no "
+                "stochastic layer and no Gaussian head, so there is nothing to scale.")
+        ratio = (y - pred.mean) ** 2 / pred.variance
+        scale = float(np.mean(ratio))
+        before = metrics.gaussian_nll(pred.mean, pred.variance, y)
+        after = metrics.gaussian_nll(pred.mean, scale * pred.variance, y)
+        return Calibrated(variance_scale=scale, validation_nll=(before, after), **fitted)
+
+    before = _nll(pred.probabilities, y)
+    if samples_needed:
+        samples = tf.constant(pred.samples, tf.float32)
+        strategy = tasks.get(resolved)
+        temperature = _search_temperature(
+            lambda t: _nll(strategy.summary(samples / t)["probabilities"], y))
+        after = _nll(strategy.summary(samples / temperature)["probabilities"], y)
+        return Calibrated(target=target, temperature=temperature,
+                          validation_nll=(before, after), **fitted)
+    probs = tf.constant(pred.probabilities, tf.float32)
+    temperature = _search_temperature(lambda t: _nll(temperature_scale(probs, t), y))
+    if method is Calibration.TEMPERATURE:
+        after = _nll(temperature_scale(probs, temperature), y)
+        return Calibrated(target=target, temperature=temperature,
+                          validation_nll=(before, after), **fitted)
+    weights, bias = _fit_vector(probs, y, temperature)
+    after = _nll(vector_scale(probs, weights, bias), y)
+    return Calibrated(weights=weights, bias=bias, validation_nll=(before, after), **fitted)
