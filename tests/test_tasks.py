@@ -118,3 +118,35 @@ def test_the_task_is_recorded_in_the_savedmodel(task, units, tmp_path):
     assert loaded.task.numpy().decode() == task
     outputs = set(loaded.signatures["serving_default"].structured_outputs)
     assert outputs == set(tfp_bnn.export.output_names(task))
+
+
+@pytest.mark.parametrize("units,activation", [(3, "softmax"), (1, "sigmoid")])
+def test_a_probability_output_is_not_squashed_twice(units, activation, tmp_path):
+    x = np.random.default_rng(1).normal(size=(6, 4)).astype(np.float32)
+    tf_keras.utils.set_random_seed(0)
+    model = _model(tf_keras, units, activation)
+    assert tasks.outputs_probabilities(model)
+    p = model(x).numpy().astype(np.float64)
+    want = p if units > 1 else np.concatenate([1 - p, p], axis=1)
+    with pytest.warns(UserWarning, match="no stochastic layer"):
+        pred = tfp_bnn.predict(model, x, num_samples=2)
+    np.testing.assert_allclose(pred.probabilities, want, rtol=1e-5, atol=1e-6)
+    # Sampled: the predictive is the mean of the sampled probabilities.
+    bnn = tfp_bnn.bayesify(model, kl_weight=1.0,
+                           posterior=tfp_bnn.posteriors.MeanField(init_scale=0.3))
+    pred = tfp_bnn.predict(bnn, x, num_samples=50, seed=0, return_samples=True)
+    mean = pred.samples.astype(np.float64).mean(0)
+    want = mean if units > 1 else np.concatenate([1 - mean, mean], axis=1)
+    np.testing.assert_allclose(pred.probabilities, want, rtol=1e-4, atol=1e-6)
+    assert pred.mutual_information.max() > 0
+    # The served graph reads them the same way.
+    loaded = tf.saved_model.load(tfp_bnn.export_savedmodel(bnn, tmp_path / "p", num_samples=2))
+    det = loaded.signatures["deterministic"](**{
+        bnn.inputs[0]._keras_history[0].name: tf.constant(x)})
+    p = tfp_bnn.sampling.mean_outputs(bnn, x).numpy().astype(np.float64)
+    want = p if units > 1 else np.concatenate([1 - p, p], axis=1)
+    np.testing.assert_allclose(det["probabilities"], want, rtol=1e-5, atol=1e-6)
+    # An ensemble of such members outputs probabilities too.
+    members = [_model(tf_keras, units, activation) for _ in range(2)]
+    assert tasks.outputs_probabilities(tfp_bnn.baselines.ensemble.ensemble_model(members))
+    assert not tasks.outputs_probabilities(_model(tf_keras, units))

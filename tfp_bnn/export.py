@@ -13,6 +13,14 @@ Signatures (inputs named after the model's inputs, batch dimension None, float32
 * ``deterministic``: one pass with the posterior means (``logits`` and ``probabilities``, or
   ``mean`` [and ``aleatoric_variance``]).
 
+A `tfp_bnn.calibrate` result serves calibrated ``probabilities`` (or variances) in the two
+sampling signatures; a `tfp_bnn.conformal` result adds ``prediction_set`` (bool [B, C]) or
+``interval_lower`` / ``interval_upper`` ([B, D]) at the level alpha it was fitted with, and a
+fourth signature ``predict_with_alpha`` (a scalar float64 input ``alpha`` in (0, 1); an alpha
+too small for the calibration set gives every class, or infinite intervals). The fitted values
+are graph constants, also readable as JSON: ``tf.saved_model.load(path).post_hoc.numpy()``.
+The ``deterministic`` signature stays the uncalibrated posterior-mean pass.
+
 The outputs are `tfp_bnn.predict.summarize` of the samples (its plain-mean fast path), so the
 served numbers are predict's. The model's task (`tfp_bnn.tasks`) is saved with the export: a
 string variable ``task`` (``tf.saved_model.load(path).task.numpy()``; also a variable named
@@ -41,6 +49,7 @@ Example:
 References:
     TF Serving SavedModel warmup: https://www.tensorflow.org/tfx/serving/saved_model_warmup
 """
+import json
 import os
 import re
 import warnings
@@ -90,11 +99,20 @@ def _first(outputs):
     return outputs[0] if isinstance(outputs, (list, tuple)) else outputs
 
 
-def served_summary(samples, task):
+def served_summary(samples, task, post=None, alpha=None, probabilities=False):
     """The ``serving_default`` outputs of ``[S, B, ...]`` samples: `predict.summarize`'s fast path
-    (plain means), under the served names."""
-    summary = predict_lib.summarize(samples, task, exact=False)
-    return {name: summary[key] for name, key in tasks.get(task).served.items()}
+    (plain means), under the served names; with ``post`` (a `tfp_bnn.methods.PostHoc`), its
+    summary at ``alpha`` (None: its own), its randomised scores drawn fresh per process.
+    ``probabilities``: as for `predict.summarize`."""
+    if post is None:
+        summary = predict_lib.summarize(samples, task, exact=False, probabilities=probabilities)
+        served = tasks.get(task).served
+    else:
+        summary = post.summary(
+            samples, lambda s, exact: predict_lib.summarize(s, task, exact, probabilities),
+            False, alpha, sampling.FRESH)
+        served = post.served
+    return {name: summary[key] for name, key in served.items()}
 
 
 def _variance_snapshot(model):
@@ -115,28 +133,34 @@ def _variance_snapshot(model):
     return snapshot
 
 
-def _build_module(model, num_samples, task, stochastic):
-    """A tf.Module holding exactly the variables the three signature functions read, and the
-    task."""
+def _build_module(model, num_samples, task, stochastic, post=None):
+    """A tf.Module holding exactly the variables the signature functions read, and the task."""
     specs = _input_specs(model)
-    strategy = tasks.get(task)
+    probabilities = tasks.outputs_probabilities(model)
+    strategy = tasks.get(task, probabilities)
     variances = _variance_snapshot(model)
     s_spec = tf.TensorSpec([], tf.int32, name="num_samples")
+    # A conformal model's level is an input of the MC body; the fixed-level signatures pass
+    # the fitted one.
+    leveled = post is not None and post.alpha is not None
+    a_spec = [tf.TensorSpec([], tf.float64, name="alpha")] if leveled else []
+    fixed = [tf.constant(post.alpha, tf.float64)] if leveled else []
 
-    # One traced MC body that both sampling signatures call: the graph holds it once.
-    @tf.function(input_signature=specs + [s_spec])
+    # One traced MC body that every sampling signature calls: the graph holds it once.
+    @tf.function(input_signature=specs + [s_spec] + a_spec)
     def mc(*args):
-        *inputs, s = args
+        inputs, s, alpha = (args[:len(specs)], args[len(specs)],
+                            args[len(specs) + 1] if leveled else None)
         if not stochastic:
             s = tf.constant(1, tf.int32)  # equal samples: one pass, variance exactly 0
         samples = _first(sampling.sample_outputs(model, _as_model_inputs(model, inputs), s,
                                                  seed=sampling.FRESH, variances=variances))
-        summary = served_summary(samples, task)
+        summary = served_summary(samples, task, post, alpha, probabilities)
         return {k: tf.identity(v, name=k) for k, v in summary.items()}
 
     @tf.function(input_signature=specs)
     def serve(*args):
-        return mc(*args, tf.constant(num_samples, tf.int32))
+        return mc(*args, tf.constant(num_samples, tf.int32), *fixed)
 
     @tf.function(input_signature=specs + [s_spec])
     def serve_with_samples(*args):
@@ -144,7 +168,18 @@ def _build_module(model, num_samples, task, stochastic):
         check = tf.debugging.assert_greater_equal(s, 1, message="num_samples must be >= 1")
         with tf.control_dependencies([check]):
             s = tf.identity(s)
-        return mc(*inputs, s)
+        return mc(*inputs, s, *fixed)
+
+    @tf.function(input_signature=specs + a_spec)
+    def serve_with_alpha(*args):
+        *inputs, alpha = args
+        checks = [tf.debugging.assert_greater(alpha, tf.constant(0.0, tf.float64),
+                                              message="alpha must be in (0, 1)"),
+                  tf.debugging.assert_less(alpha, tf.constant(1.0, tf.float64),
+                                           message="alpha must be in (0, 1)")]
+        with tf.control_dependencies(checks):
+            alpha = tf.identity(alpha)
+        return mc(*inputs, tf.constant(num_samples, tf.int32), alpha)
 
     @tf.function(input_signature=specs)
     def deterministic(*args):
@@ -156,6 +191,8 @@ def _build_module(model, num_samples, task, stochastic):
         "predict_with_samples": serve_with_samples.get_concrete_function(),
         "deterministic": deterministic.get_concrete_function(),
     }
+    if leveled:
+        signatures["predict_with_alpha"] = serve_with_alpha.get_concrete_function()
     # Track only what the graphs read (posterior means, sigma^2, other layers' weights): not rho,
     # priors or KL weights. The functions themselves are not attributes of the module, so each
     # is saved once, as its signature.
@@ -167,19 +204,25 @@ def _build_module(model, num_samples, task, stochastic):
     module.served_variables = list(seen.values())
     # A client reads what the outputs mean without tfp_bnn: loaded.task.numpy() == b"binary".
     module.task = tf.Variable(tasks.Task(task).value, trainable=False, name="task")
+    if post is not None:
+        # The fitted calibration / conformal values, for a client without tfp_bnn.
+        module.post_hoc = tf.Variable(json.dumps(post.get_config()), trainable=False,
+                                      name="post_hoc")
     return module, signatures, specs
 
 
-def _warmup_records(specs, path):
+def _warmup_records(specs, path, with_alpha=False):
     """TF Serving warmup: PredictionLog records of small requests to every signature."""
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    # Batches 1, 8 and 64 reach the sampling regimes of small and large batches.
+    requests = [("serving_default", 1), ("serving_default", 8), ("serving_default", 64),
+                ("predict_with_samples", 1), ("deterministic", 1)]
+    if with_alpha:
+        requests.append(("predict_with_alpha", 1))
     with tf.io.TFRecordWriter(path) as writer:
-        # Batches 1, 8 and 64 reach the sampling regimes of small and large batches.
-        for signature, batch in (("serving_default", 1), ("serving_default", 8),
-                                 ("serving_default", 64), ("predict_with_samples", 1),
-                                 ("deterministic", 1)):
+        for signature, batch in requests:
             request = predict_pb2.PredictRequest(
                 model_spec=model_pb2.ModelSpec(signature_name=signature))
             for spec in specs:
@@ -188,6 +231,8 @@ def _warmup_records(specs, path):
                     tf.make_tensor_proto(np.zeros(shape, np.float32)))
             if signature == "predict_with_samples":
                 request.inputs["num_samples"].CopyFrom(tf.make_tensor_proto(np.int32(10)))
+            if signature == "predict_with_alpha":
+                request.inputs["alpha"].CopyFrom(tf.make_tensor_proto(np.float64(0.1)))
             log = prediction_log_pb2.PredictionLog(
                 predict_log=prediction_log_pb2.PredictLog(request=request))
             writer.write(log.SerializeToString())
@@ -200,7 +245,7 @@ def export_savedmodel(model, export_dir, num_samples=10, version=None, overwrite
     Args:
         model: a tf_keras model (a `bayesify` result, or anything `tfp_bnn.predict` accepts:
             a `DeepEnsemble` after fit, a `laplace` result, a `SWAG` callback after fit, a
-            `distill` result).
+            `distill` result, a `calibrate` or `conformal` result).
         export_dir: the model's base path (TF Serving's ``model_base_path``).
         num_samples: S for ``serving_default`` (>= 1).
         version: integer version sub-folder; None takes the next free integer.
@@ -214,8 +259,9 @@ def export_savedmodel(model, export_dir, num_samples=10, version=None, overwrite
     if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) \
             or num_samples < 1:
         raise ValueError(f"num_samples must be an integer >= 1. Received: num_samples={num_samples!r}")
+    post = methods.post_hoc(model)
     model = methods.predictive_model(model, "model")
-    task = tasks.resolve(model, task)
+    task = tasks.resolve(model, task) if post is None else predict_lib._post_hoc_task(post, task)
     export_dir = os.fspath(export_dir)
     if os.path.exists(export_dir) and not os.path.isdir(export_dir):
         raise ValueError(f"export_dir must be a directory; it is an existing file. "
@@ -238,10 +284,11 @@ def export_savedmodel(model, export_dir, num_samples=10, version=None, overwrite
     # readable by a server running as another user (0755 / 0644). SIGTERM or Ctrl-C removes the
     # staging folder; one left by a killed process goes at the next export of that version.
     stage = results.Staging(target, overwrite, owned=None, argument="export_dir", manifest=False)
-    module, signatures, specs = _build_module(model, int(num_samples), task, stochastic)
+    module, signatures, specs = _build_module(model, int(num_samples), task, stochastic, post)
     with stage:
         tf.saved_model.save(module, stage.path, signatures=signatures,
                             options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
-        _warmup_records(specs, os.path.join(stage.path, WARMUP_FILE))
+        _warmup_records(specs, os.path.join(stage.path, WARMUP_FILE),
+                        with_alpha="predict_with_alpha" in signatures)
         stage.commit()
     return target

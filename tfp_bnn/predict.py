@@ -63,6 +63,10 @@ class Prediction:
     variance: Optional[np.ndarray] = None  # [B, D] total predictive variance
     epistemic_variance: Optional[np.ndarray] = None  # [B, D]
     aleatoric_variance: Optional[np.ndarray] = None  # [B, D]
+    # conformal (a `tfp_bnn.conformal` model): sets, or intervals, at its level alpha
+    prediction_sets: Optional[np.ndarray] = None  # bool [B, C]
+    interval_lower: Optional[np.ndarray] = None  # [B, D]
+    interval_upper: Optional[np.ndarray] = None  # [B, D]
     # only with return_samples=True: [S, B, C] logits (or [S, B, ...] regression outputs)
     samples: Optional[np.ndarray] = None
 
@@ -94,7 +98,7 @@ class Prediction:
 # ---------------------------------------------------------------------------------------------
 # In-graph summaries (the SavedModel export calls the same `summarize`, with exact=False)
 # ---------------------------------------------------------------------------------------------
-def summarize(samples, task, exact=True):
+def summarize(samples, task, exact=True, probabilities=False):
     """Summary dict of ``[S, B, ...]`` model-output samples for ``task`` (see module doc).
 
     Args:
@@ -103,8 +107,10 @@ def summarize(samples, task, exact=True):
         exact: shift the sample means by the first sample, so S equal samples give exactly 0
             variance and mutual information; False takes plain means (the served graph's fast
             path: fewer ops per request).
+        probabilities: a classifier's samples are probabilities (a softmax or sigmoid output
+            layer, `tfp_bnn.tasks.outputs_probabilities`), not logits.
     """
-    return tasks.get(task).summary(samples, exact)
+    return tasks.get(task, probabilities).summary(samples, exact)
 
 
 def classification_summary(logit_samples):
@@ -140,6 +146,7 @@ def _mc_function(model, num_samples, task, return_samples, stochastic=True):
         # A weak reference: the cache is keyed weakly on the model, and a value that held the
         # model strongly would keep every model ever predicted on alive.
         model_ref = weakref.ref(model)
+        probabilities = tasks.outputs_probabilities(model)
 
         @tf.function(reduce_retracing=True)
         def run(inputs, seed):
@@ -153,7 +160,33 @@ def _mc_function(model, num_samples, task, return_samples, stochastic=True):
                     model_ref()(inputs, training=False))
             if isinstance(samples, (list, tuple)):
                 samples = samples[0]
-            out = summarize(samples, task)
+            out = summarize(samples, task, probabilities=probabilities)
+            if return_samples:
+                out["samples"] = samples
+            return out
+        cache[key] = run
+    return cache[key]
+
+
+def _post_hoc_function(post, return_samples, probabilities):
+    """The compiled summary of a post-hoc method (calibrate, conformal) over the model's samples.
+
+    Separate from `_mc_function`, whose samples it takes: every calibrated or conformal object
+    of one model shares that model's traced MC graph and traces only its own few summary ops.
+    Cached on the object, so the function dies with it.
+    """
+    cache = _FUNCTIONS.setdefault(post, {})
+    key = (return_samples, probabilities)
+    if key not in cache:
+        post_ref = weakref.ref(post)
+        task = post.task
+
+        def base(samples, exact):
+            return summarize(samples, task, exact, probabilities)
+
+        @tf.function(reduce_retracing=True)
+        def run(samples, seed, alpha=None):
+            out = post_ref().summary(samples, base, True, alpha, seed)
             if return_samples:
                 out["samples"] = samples
             return out
@@ -269,8 +302,33 @@ def _num_batches(x, batch_size):
     return None
 
 
+def _post_hoc_task(post, task):
+    """A calibrated or conformal model's task: the one it was fitted for."""
+    if task is not None and options.choice("task", task, Task) is not post.task:
+        raise ValueError(f"task={task!r} differs from the task {post.task.value!r} the "
+                         f"{type(post).__name__} model was fitted for.")
+    return post.task
+
+
+def _conformal_alpha(post, alpha):
+    """``alpha`` as a float64 tensor for a conformal model (None: its own level)."""
+    if alpha is None:
+        return None
+    if post is None or post.alpha is None:
+        raise ValueError("alpha applies to a tfp_bnn.conformal model only. Received: "
+                         f"alpha={alpha!r} for a model without conformal sets or intervals")
+    from tfp_bnn.conformal import minimum_calibration_size
+
+    alpha = options.probability("alpha", alpha)
+    n = len(post.scores)
+    if n < minimum_calibration_size(alpha):
+        raise ValueError(f"alpha={alpha} needs at least {minimum_calibration_size(alpha)} "
+                         f"calibration examples; the conformal model has {n}.")
+    return tf.constant(alpha, tf.float64)
+
+
 def predict(model, x, num_samples=100, batch_size=None, seed=None, return_samples=False,
-            verbose="auto", task=None):
+            verbose="auto", task=None, alpha=None):
     """Monte Carlo predictive distribution of ``model`` on ``x`` (S samples in one graph).
 
     Args:
@@ -290,6 +348,8 @@ def predict(model, x, num_samples=100, batch_size=None, seed=None, return_sample
             from an array's length or a dataset's cardinality; a generator gets none); 0 or 1.
         task: None (the model's own task, `tfp_bnn.tasks.resolve`) or "multiclass", "binary",
             "regression", "gaussian".
+        alpha: for a `tfp_bnn.conformal` model, the miscoverage level of its sets or
+            intervals (None: the level it was fitted with).
 
     Returns:
         `Prediction`: finite numbers only.
@@ -305,14 +365,19 @@ def predict(model, x, num_samples=100, batch_size=None, seed=None, return_sample
         raise ValueError(f"num_samples must be an integer >= 1. Received: num_samples={num_samples!r}")
     if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer. Received: batch_size={batch_size!r}")
+    post = methods.post_hoc(model)
+    alpha_t = _conformal_alpha(post, alpha)
     model = methods.predictive_model(model, "model")
-    task = tasks.resolve(model, task)
+    task = tasks.resolve(model, task) if post is None else _post_hoc_task(post, task)
     stochastic = is_stochastic(model)
     if not stochastic and model not in _WARNED:
         _WARNED.add(model)
         warnings.warn(f"model {model.name!r} has no stochastic layer: all Monte Carlo samples "
                       "are equal and the predictive variance is 0.", UserWarning, stacklevel=2)
-    fn = _mc_function(model, int(num_samples), task, bool(return_samples), stochastic)
+    fn = _mc_function(model, int(num_samples), task, bool(return_samples) or post is not None,
+                      stochastic)
+    post_fn = (None if post is None else
+               _post_hoc_function(post, bool(return_samples), tasks.outputs_probabilities(model)))
     batch_size = int(batch_size or DEFAULT_BATCH_SIZE)
 
     total = _num_batches(x, batch_size)
@@ -324,6 +389,8 @@ def predict(model, x, num_samples=100, batch_size=None, seed=None, return_sample
         batch = _check_batch(model, batch, num_samples if i == 0 else None)
         seed_t = None if seed is None else tf.constant([int(seed), i], tf.int64)
         out = fn(batch, seed_t)
+        if post_fn is not None:
+            out = post_fn(out["samples"], seed_t, *([] if alpha_t is None else [alpha_t]))
         parts.append({k: v.numpy() for k, v in out.items()})
         seen += _check_outputs(parts[-1], seen)
         if bar is not None:

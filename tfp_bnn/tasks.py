@@ -26,6 +26,11 @@ registered head such as `tfp_bnn.heads.GaussianHead`; a softmax, or a one-unit s
 linear units are logits). A one-unit linear output of an uncompiled model could be a logit or a
 regression mean: `resolve` refuses to guess.
 
+A classifier whose output layer applies the softmax (or the sigmoid) outputs probabilities, not
+logits (`outputs_probabilities`); its strategy (``get(task, probabilities=True)``) takes
+``log p`` (``log p - log(1 - p)`` for binary) as the logits, so ``softmax`` of them gives back
+``p`` and every formula above holds.
+
 Example:
     >>> resolve(model)                       # Task.BINARY for Dense(1) + BinaryCrossentropy
     >>> get("binary").summary(logit_samples)["probabilities"].shape
@@ -40,7 +45,7 @@ from tfp_bnn._keras import keras3, tf, tf_keras
 from tfp_bnn.options import Task, choice
 
 __all__ = ["Task", "get", "resolve", "infer", "declare", "declared", "from_loss",
-           "register_output_layer"]
+           "register_output_layer", "outputs_probabilities", "output_names"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,10 +88,23 @@ def _width(model):
     return shape[-1] if shape else None
 
 
+# Probabilities are clipped to [_TINY, 1 - _EPS] before the log: float32 rounds p near 1 to 1.
+_TINY = 1e-30
+_EPS = 6e-8
+
+
 class _Classifier:
-    """Logits in, class probabilities and the entropy decomposition out."""
+    """Logits (or probabilities) in, class probabilities and the entropy decomposition out."""
 
     is_classification = True
+
+    def __init__(self, probabilities=False):
+        self.probabilities = probabilities
+
+    def logits(self, outputs):
+        """The model's outputs as logits (the identity unless it outputs probabilities)."""
+        z = tf.cast(tf.convert_to_tensor(outputs), tf.float32)
+        return self.from_probabilities(z) if self.probabilities else z
     # served name -> summary key (the README documents the served names)
     served = {"mean_logits": "mean_logits", "variance": "logit_variance",
               "probabilities": "probabilities", "predictive_entropy": "predictive_entropy",
@@ -100,7 +118,7 @@ class _Classifier:
         return tf.nn.log_softmax(self.class_logits(tf.cast(logits, tf.float32)), axis=-1)
 
     def summary(self, samples, exact=True):
-        z = tf.cast(tf.convert_to_tensor(samples), tf.float32)
+        z = self.logits(samples)
         probs_s = _softmax(self.class_logits(z))
         probs = _mean(probs_s, exact)
         total = _entropy(probs)
@@ -112,7 +130,7 @@ class _Classifier:
                 "mutual_information": tf.maximum(total - aleatoric, 0.0)}
 
     def deterministic(self, outputs):
-        logits = tf.cast(outputs, tf.float32)
+        logits = self.logits(outputs)
         return {"logits": tf.identity(logits, name="logits"),
                 "probabilities": _softmax(self.class_logits(logits))}
 
@@ -136,6 +154,9 @@ class _Multiclass(_Classifier):
     def class_logits(self, z):
         return z
 
+    def from_probabilities(self, p):
+        return tf.math.log(tf.maximum(p, _TINY))
+
     def check(self, width):
         return width is None or width >= 2, "C >= 2 logits"
 
@@ -147,12 +168,19 @@ class _Binary(_Classifier):
         # [0, z]: softmax gives [1 - sigmoid(z), sigmoid(z)], through the multiclass formulas.
         return tf.concat([tf.zeros_like(z), z], axis=-1)
 
+    def from_probabilities(self, p):
+        p = tf.clip_by_value(p, _TINY, 1.0 - _EPS)
+        return tf.math.log(p) - tf.math.log1p(-p)
+
     def check(self, width):
         return width is None or width == 1, "one logit"
 
 
 class _Regression:
     is_classification = False
+
+    def __init__(self, probabilities=False):
+        del probabilities  # a regression output is never a probability
     served = {"mean": "mean", "variance": "variance", "epistemic_variance": "epistemic_variance",
               "aleatoric_variance": "aleatoric_variance"}
     task = Task.REGRESSION
@@ -197,12 +225,18 @@ class _Gaussian(_Regression):
         return width is None or width % 2 == 0, "D means and D standard deviations"
 
 
-_STRATEGIES = {s.task: s for s in (_Multiclass(), _Binary(), _Regression(), _Gaussian())}
+_STRATEGIES = {(cls.task, probabilities): cls(probabilities)
+               for cls in (_Multiclass, _Binary, _Regression, _Gaussian)
+               for probabilities in (False, True)}
 
 
-def get(task):
-    """The strategy of ``task`` (a `Task` or its string)."""
-    return _STRATEGIES[choice("task", task, Task)]
+def get(task, probabilities=False):
+    """The strategy of ``task`` (a `Task` or its string).
+
+    ``probabilities``: the model's outputs are class probabilities (`outputs_probabilities`),
+    not logits; ignored for the regression tasks.
+    """
+    return _STRATEGIES[choice("task", task, Task), bool(probabilities)]
 
 
 def output_names(task):
@@ -314,8 +348,9 @@ _OUTPUT_LAYERS = {}
 def register_output_layer(cls, task_of):
     """Declare that an output layer of class ``cls`` sets the task: ``task_of(layer)``.
 
-    ``task_of`` returns a `Task` or None (the layer does not say). `tfp_bnn.heads` registers
-    its Gaussian heads this way; a method whose predictive layer knows its task does too.
+    ``task_of`` returns a `Task`, None (the layer does not say), or a model whose output means
+    what this layer's does (an ensemble's member). `tfp_bnn.heads` registers its Gaussian heads
+    this way; a method whose predictive layer knows its task does too.
     """
     _OUTPUT_LAYERS[cls] = task_of
     return cls
@@ -331,19 +366,42 @@ def _output_layer(model):
     return layers[-1] if layers else None
 
 
-def _from_output(model):
+def _output(model):
+    """``(output layer, its registered answer or None, the model it delegates to or None)``."""
     layer = _output_layer(model)
     if layer is None:
-        return None
+        return None, None, None
     for cls in type(layer).__mro__:
         if cls in _OUTPUT_LAYERS:
             found = _OUTPUT_LAYERS[cls](layer)
-            if found is not None:
-                return found
-            break
+            if isinstance(found, Task):
+                return layer, found, None
+            return layer, None, found
     if getattr(layer, "outputs", None) and layer is not model:  # a nested model
-        return infer(layer)
-    activation = layer.get_config().get("activation") if hasattr(layer, "get_config") else None
+        return layer, None, layer
+    return layer, None, None
+
+
+def _activation(layer):
+    return layer.get_config().get("activation") if hasattr(layer, "get_config") else None
+
+
+def outputs_probabilities(model):
+    """Whether ``model`` outputs class probabilities: its output layer applies the softmax or
+    the sigmoid (seen through nested models and ensemble members)."""
+    layer, found, inner = _output(model)
+    if inner is not None:
+        return outputs_probabilities(inner)
+    return found is None and layer is not None and _activation(layer) in ("softmax", "sigmoid")
+
+
+def _from_output(model):
+    layer, found, inner = _output(model)
+    if found is not None or layer is None:
+        return found
+    if inner is not None:
+        return infer(inner)
+    activation = _activation(layer)
     width = _width(model)
     if activation == "softmax":
         return Task.MULTICLASS

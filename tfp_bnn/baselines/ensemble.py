@@ -208,5 +208,5 @@ class DeepEnsemble:
         return ensemble_model(self.members, name=name)
 
 
-# The ensemble's task is its members' (their compiled loss, or their output layer).
-tasks.register_output_layer(EnsembleMembers, lambda layer: tasks.infer(layer.members[0]))
+# The ensemble's output means what its members' does (their compiled loss, or output layer).
+tasks.register_output_layer(EnsembleMembers, lambda layer: layer.members[0])
