@@ -9,7 +9,8 @@
 4. ``get_config`` is plain JSON and ``from_config`` rebuilds an identical config;
 5. a ``.keras`` save/load under ``tmp_path`` restores identical variables and identical outputs
    under a fixed seed, on the plain TFP path and under `tfp_bnn.sampling.mc_sampling`;
-6. one gradient step on ``mse + sum(losses)`` changes every trainable weight and leaves
+6. the layer shared by two branches of one model adds its KL terms once per pass;
+7. one gradient step on ``mse + sum(losses)`` changes every trainable weight and leaves
    ``kl_weight`` alone.
 """
 import json
@@ -110,7 +111,16 @@ def run_layer_test(layer_cls, init_kwargs, input_shape, expected_output_shape,
     with tfp_bnn.sampling.mc_sampling(1, mode="mean"):
         np.testing.assert_array_equal(loaded(x), model(x))
 
-    # 6. one training step moves every trainable weight, never kl_weight
+    # 6. shared by two branches: one posterior, so its KL enters the pass once
+    a, b = tf_keras.Input(batch_shape=input_shape), tf_keras.Input(batch_shape=input_shape)
+    shared = tf_keras.Model([a, b], [layer(a), layer(b)])
+    shared([x, x])
+    assert len(shared.losses) == expected_num_losses
+    if layer.prior.analytic_kl:
+        np.testing.assert_allclose(float(tf.add_n(shared.losses)),
+                                   kl_weight * float(layer.kl_divergence()), rtol=1e-6)
+
+    # 7. one training step moves every trainable weight, never kl_weight
     before = [w.numpy() for w in layer.trainable_weights]
     target = tf.zeros_like(y)
     with tf.GradientTape() as tape:
