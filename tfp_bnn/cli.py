@@ -2,14 +2,18 @@
 
     tfp-bnn train DATA.csv --target COLUMN [--task auto] [--hidden 64,64] [--out runs/train]
     tfp-bnn predict MODEL DATA.csv --out predictions.csv [--num-samples 100] [--seed 0]
+            [--unsafe-load]
     tfp-bnn iris [--seeds 5] [--epochs 150] [--out runs/iris] [--overwrite] [--quiet]
     tfp-bnn export MODEL.keras EXPORT_DIR [--num-samples 10] [--version N] [--overwrite]
+            [--unsafe-load]
     tfp-bnn serve-check EXPORT_DIR/VERSION [--signature serving_default] [--body request.json]
     tfp-bnn benchmark [--models mlp,cnn] [--calls 100] [--out results.json]
 
 Each subcommand has --help. Long steps show a Keras progress bar (``--quiet`` hides it); results
-are never overwritten without ``--overwrite``. Bad input ends with exit code 2 and one line on
-stderr naming what was wrong. The installed ``tfp-bnn`` script (`_tfp_bnn_cli`) holds back
+are never overwritten without ``--overwrite``, and are written atomically (`tfp_bnn.results`).
+Model files are loaded as `tfp_bnn.safety.load_model` allows (a ``.keras`` archive, safe mode;
+``--unsafe-load`` for anything else). Bad input ends with exit code 2 and one line on stderr
+naming what was wrong, before any training. The installed ``tfp-bnn`` script (`_tfp_bnn_cli`) holds back
 TensorFlow's import-time INFO lines; ``python -m tfp_bnn.cli`` shows them before that line.
 """
 import argparse
@@ -46,6 +50,17 @@ def _int_at_least(minimum, what):
 
 _positive_int = _int_at_least(1, "positive")
 _non_negative_int = _int_at_least(0, "non-negative")
+
+
+def _seed(text):
+    """An argparse type: a seed, an integer in [0, 2**63 - 1] (`tfp_bnn.options.seed`)."""
+    from tfp_bnn import options
+
+    try:
+        return options.seed("seed", int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer in [0, 2**63 - 1], received {text!r}") from None
 
 
 def _float_at_least(minimum, what, strict):
@@ -117,18 +132,18 @@ def _cmd_predict(args):
         raise FileNotFoundError(f"model not found: MODEL={args.model!r}")
     pred = train.predict_csv(args.model, args.data, args.out, num_samples=args.num_samples,
                              seed=args.seed, overwrite=args.overwrite,
-                             verbose=0 if args.quiet else 1, batch_size=args.batch_size)
+                             verbose=0 if args.quiet else 1, batch_size=args.batch_size,
+                             unsafe_load=args.unsafe_load)
     rows = len(pred.mean if pred.probabilities is None else pred.probabilities)
     _log(args)(f"{rows} {pred.task} predictions ({args.num_samples} samples each) in {args.out}")
 
 
 def _cmd_benchmark(args):
-    from tfp_bnn import benchmark
+    from tfp_bnn import benchmark, results
     from tfp_bnn._keras import tf_keras
 
-    if args.out is not None and os.path.exists(args.out) and not args.overwrite:
-        raise FileExistsError(f"--out={args.out!r} already exists; nothing was run. Pass "
-                              "--overwrite to replace it, or choose another --out.")
+    stage = None if args.out is None else results.Staging(args.out, args.overwrite,
+                                                          argument="--out", kind="file")
     models = args.models.split(",")
     if args.quiet:
         log = _log(args)
@@ -139,27 +154,20 @@ def _cmd_benchmark(args):
     result = benchmark.run(models=models, calls=args.calls, budget=args.budget,
                            batch_sizes=args.batch_sizes, samples=args.samples, log=log)
     print(benchmark.report(result))
-    if args.out is not None:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
-
-
-def _load_keras_model(path):
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"model file not found: MODEL={path!r}")
-    import tfp_bnn  # noqa: F401  (registers the Bayesian layers for deserialisation)
-    from tfp_bnn._keras import tf_keras
-    try:
-        return tf_keras.models.load_model(path)
-    except Exception as e:  # a Keras load error: say which file and why in one line
-        raise _InputError(f"could not load a tf_keras model from MODEL={path!r}: "
-                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}")
+    if stage is not None:
+        with stage:
+            with open(stage.path, "w") as f:
+                json.dump(result, f, indent=2)
+            stage.commit()
 
 
 def _cmd_export(args):
+    from tfp_bnn import train
     from tfp_bnn.export import export_savedmodel
 
-    model = _load_keras_model(args.model)
+    if not os.path.exists(args.model):
+        raise FileNotFoundError(f"model file not found: MODEL={args.model!r}")
+    model, _ = train.load(args.model, unsafe_load=args.unsafe_load)
     path = export_savedmodel(model, args.export_dir, num_samples=args.num_samples,
                              version=args.version, overwrite=args.overwrite)
     _log(args)(path)
@@ -207,6 +215,11 @@ def _cmd_serve_check(args):
     print(json.dumps(response) if args.quiet else "response: " + json.dumps(response, indent=1))
 
 
+_UNSAFE_HELP = ("also load model files that are not a .keras archive (HDF5), without Keras's "
+                "safe_mode: code stored in the file (a Lambda layer) may run. Only for files "
+                "from a trusted source")
+
+
 def build_parser():
     parser = _Parser(
         prog="tfp-bnn", description="Bayesian neural networks for Keras on TensorFlow Probability.")
@@ -242,7 +255,7 @@ def build_parser():
                    help="KL weight multiplier (default 1: the ELBO)")
     p.add_argument("--num-samples", type=_positive_int, default=100,
                    help="MC samples for the test evaluation (default 100)")
-    p.add_argument("--seed", type=_non_negative_int, default=0,
+    p.add_argument("--seed", type=_seed, default=0,
                    help="seed of the split, the initialisation and the MC samples (default 0)")
     p.add_argument("--out", default=os.path.join("runs", "train"),
                    help="output folder (default runs/train)")
@@ -264,10 +277,12 @@ def build_parser():
     p.add_argument("--out", required=True, help="the CSV file to write")
     p.add_argument("--num-samples", type=_positive_int, default=100,
                    help="MC samples per row (default 100)")
-    p.add_argument("--seed", type=_non_negative_int, default=0, help="MC seed (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="MC seed (default 0); results also "
+                   "depend on --batch-size (batch i draws with the seed folded with i)")
     p.add_argument("--batch-size", type=_positive_int, default=None,
                    help="rows per compiled call (default 256)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--unsafe-load", action="store_true", help=_UNSAFE_HELP)
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(func=_cmd_predict)
 
@@ -296,12 +311,14 @@ def build_parser():
     p = sub.add_parser("export", help="export a saved .keras model for TF Serving",
                        description="Write EXPORT_DIR/<version>/ with serving_default, "
                        "predict_with_samples and deterministic signatures.")
-    p.add_argument("model", metavar="MODEL", help="a .keras file saved from a tfp_bnn model")
+    p.add_argument("model", metavar="MODEL", help="a .keras file saved from a tfp_bnn model, "
+                   "or a `tfp-bnn train` output folder")
     p.add_argument("export_dir", metavar="EXPORT_DIR", help="TF Serving model base path")
     p.add_argument("--num-samples", type=_positive_int, default=10, help="S for serving_default")
     p.add_argument("--version", type=_non_negative_int, default=None,
                    help="version folder (default: next free integer)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    p.add_argument("--unsafe-load", action="store_true", help=_UNSAFE_HELP)
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(func=_cmd_export)
 

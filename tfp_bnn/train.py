@@ -6,10 +6,12 @@
     data    -> a CSV or Hugging Face dataset; train / val (20 % of the rest) / test (20 %) split,
                stratified by class; features min-max scaled with training statistics; a
                regression target standardised with the training mean and std
-    model   -> Dense(h, relu) per hidden width -> Dense(C) logits (classification), or
-               Dense(2) -> GaussianHead (regression: mean and aleatoric std);
+    model   -> Dense(h, relu) per hidden width -> Dense(C) logits (classification; one logit
+               for a two-class target: task "binary"), or Dense(2) -> GaussianHead
+               (regression: mean and aleatoric std);
                bayesify(estimator, prior, N = training examples)
-    fit     -> Adam, sparse cross-entropy from logits or GaussianNLL, early stopping on the
+    fit     -> Adam, sparse (two classes: binary) cross-entropy from logits or GaussianNLL,
+               early stopping on the
                Monte Carlo validation NLL (best weights restored)
     out     -> model.keras, preprocessing.json (columns, classes, scaling), metrics.json,
                history.csv; existing files are kept unless overwrite
@@ -31,14 +33,17 @@ import numpy as np
 from tfp_bnn import callbacks as callbacks_lib
 from tfp_bnn import data as data_lib
 from tfp_bnn import metrics as metrics_lib
+from tfp_bnn import options
 from tfp_bnn import priors as priors_lib
-from tfp_bnn import reports
+from tfp_bnn import reports, results, safety
 from tfp_bnn._keras import tf_keras
 from tfp_bnn.convert import ESTIMATORS, bayesify
 from tfp_bnn.elbo import set_kl_weight
 from tfp_bnn.heads import GaussianHead
 from tfp_bnn.losses import GaussianNLL
-from tfp_bnn.predict import output_kind, predict
+from tfp_bnn.options import Task
+from tfp_bnn.predict import DEFAULT_BATCH_SIZE, NonFiniteOutputError, predict
+from tfp_bnn.tasks import resolve as resolve_task
 
 __all__ = ["TrainConfig", "OUTPUT_FILES", "PREPROCESSING_FILE", "build_model", "fit", "run",
            "load", "predict_csv"]
@@ -76,8 +81,9 @@ class TrainConfig:
         if not self.hidden or not all(_is_int(h, 1) for h in self.hidden):
             raise ValueError(f"hidden must be one or more positive integers (layer widths). "
                              f"Received: hidden={self.hidden!r}")
+        object.__setattr__(self, "seed", options.seed("seed", self.seed))
         for name, minimum in (("epochs", 1), ("batch_size", 1), ("num_samples", 1),
-                              ("val_samples", 1), ("patience", 0), ("seed", 0)):
+                              ("val_samples", 1), ("patience", 0)):
             if not _is_int(getattr(self, name), minimum):
                 raise ValueError(f"{name} must be an integer >= {minimum}. "
                                  f"Received: {name}={getattr(self, name)!r}")
@@ -101,23 +107,30 @@ def build_model(num_features, num_outputs, num_train_examples, task="classificat
                 learning_rate=1e-3, name="mlp"):
     """A relu MLP converted by `bayesify` and compiled for its task.
 
-    Classification: ``num_outputs`` logits, sparse cross-entropy, accuracy. Regression:
-    ``num_outputs`` means and stds through `GaussianHead`, `GaussianNLL`.
+    Classification: ``num_outputs`` logits, sparse cross-entropy, accuracy; two classes are
+    one logit (task "binary"), binary cross-entropy. Regression: ``num_outputs`` means and stds
+    through `GaussianHead`, `GaussianNLL`.
     """
     if task not in ("classification", "regression"):
         raise ValueError(f"task must be 'classification' or 'regression'. Received: task={task!r}")
     layers = [tf_keras.Input((int(num_features),), name="features")]
     layers += [tf_keras.layers.Dense(int(h), activation="relu") for h in hidden]
-    if task == "classification":
+    if task == "classification" and int(num_outputs) == 2:
+        layers.append(tf_keras.layers.Dense(1, name="logit"))
+        loss = tf_keras.losses.BinaryCrossentropy(from_logits=True)
+        metrics = [tf_keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0)]
+        model_task = Task.BINARY
+    elif task == "classification":
         layers.append(tf_keras.layers.Dense(int(num_outputs), name="logits"))
         loss = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         metrics = [tf_keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+        model_task = Task.MULTICLASS
     else:
         layers += [tf_keras.layers.Dense(2 * int(num_outputs), name="loc_and_scale"),
                    GaussianHead(int(num_outputs), name="gaussian")]
-        loss, metrics = GaussianNLL(), None
+        loss, metrics, model_task = GaussianNLL(), None, Task.GAUSSIAN
     model = bayesify(tf_keras.Sequential(layers, name=name), estimator=estimator, prior=prior,
-                     num_train_examples=int(num_train_examples))
+                     num_train_examples=int(num_train_examples), task=model_task)
     set_kl_weight(model, multiplier=float(kl_multiplier))
     model.compile(optimizer=tf_keras.optimizers.Adam(learning_rate), loss=loss, metrics=metrics)
     return model
@@ -177,17 +190,6 @@ def write_history(path, rows):
 
 # --- the training job ------------------------------------------------------------------------
 
-def check_out(out, files, overwrite):
-    """Refuse an ``out`` that is a file, or that holds any of ``files`` unless ``overwrite``."""
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"out must be a directory; it is an existing file. Received: out={out!r}")
-    existing = [f for f in files if os.path.exists(os.path.join(out, f))]
-    if existing and not overwrite:
-        raise FileExistsError(
-            f"Output folder {out!r} already holds {', '.join(existing)}; nothing was changed. "
-            "Pass --overwrite (overwrite=True) to replace these files, or choose another --out.")
-
-
 def _load_table(csv, hub_id, target, task, split):
     if (csv is None) == (hub_id is None):
         raise ValueError(f"Pass a CSV path or a hub_id, exactly one. Received: csv={csv!r}, "
@@ -201,13 +203,20 @@ def run(out, target, csv=None, hub_id=None, split="train", config=TrainConfig(),
         log=print, verbose=0):
     """Train, evaluate on the held-out test split, and save everything `predict_csv` needs.
 
+    Every input is checked before training: the output folder is free (or ``overwrite``) and
+    writable, the table readable with finite float32 values, the sample counts within memory.
+    The files are written into a staging folder beside ``out`` that replaces ``out`` in one
+    step once complete, with a manifest written last (`tfp_bnn.results`): an interrupted run
+    leaves the previous results as they were.
+
     Args:
-        out: output folder for `OUTPUT_FILES`; existing ones are kept unless ``overwrite``.
+        out: output folder for `OUTPUT_FILES`; an existing one is kept unless ``overwrite``.
         target: the column to predict; every other column is a numeric feature.
         csv: a local CSV file, or
         hub_id: a Hugging Face dataset id (needs network), read at ``split``.
         config: `TrainConfig` (task, network, prior, epochs, seed, ...).
-        overwrite: replace result files already in ``out``.
+        overwrite: replace the results already in ``out`` (only a folder holding nothing but
+            `OUTPUT_FILES` and the manifest is ever replaced).
         log: a print-like function for the summary (``lambda *a: None`` = quiet).
         verbose: 1 shows Keras progress bars for the epochs and the test prediction.
 
@@ -216,7 +225,7 @@ def run(out, target, csv=None, hub_id=None, split="train", config=TrainConfig(),
     """
     start = time.time()
     out = os.fspath(out)
-    check_out(out, OUTPUT_FILES, overwrite)
+    stage = results.Staging(out, overwrite, owned=OUTPUT_FILES, argument="--out")
     table, source = _load_table(csv, hub_id, target, config.task, split)
     task = table.task
     if task == "classification" and len(table.class_names) < 2:
@@ -226,48 +235,54 @@ def run(out, target, csv=None, hub_id=None, split="train", config=TrainConfig(),
                                           stratify=task == "classification")
     scaler = data_lib.MinMaxScaler().fit(parts.x_train)
     y_scaling = None
-    if task == "regression":
-        std = float(np.std(parts.y_train))
-        y_scaling = {"mean": float(np.mean(parts.y_train)), "std": std if std > 0 else 1.0}
+    if task == "regression":  # float64 statistics: float32 ones overflow near 3.4e38
+        y_train = parts.y_train.astype(np.float64)
+        std = float(np.std(y_train))
+        y_scaling = {"mean": float(np.mean(y_train)), "std": std if std > 0 else 1.0}
     parts = dataclasses.replace(
         parts, x_train=scaler.transform(parts.x_train), x_val=scaler.transform(parts.x_val),
         x_test=scaler.transform(parts.x_test),
         **({} if y_scaling is None else {
             k: ((getattr(parts, k) - y_scaling["mean"]) / y_scaling["std"]).astype(np.float32)
             for k in ("y_train", "y_val", "y_test")}))
-    log(f"{source}: {task} of {target!r} from {len(table.feature_names)} features; "
-        f"{len(parts.x_train)} train / {len(parts.x_val)} validation / {len(parts.x_test)} test "
-        f"rows; up to {config.epochs} epochs")
 
     tf_keras.utils.set_random_seed(config.seed)
     num_outputs = len(table.class_names) if task == "classification" else 1
     model = build_model(len(table.feature_names), num_outputs, len(parts.x_train), task,
                         config.hidden, config.estimator, config.prior, config.kl_multiplier,
                         config.learning_rate)
-    history = fit(model, parts, config.epochs, config.batch_size, config.patience,
-                  config.val_samples, config.seed, verbose)
-    pred = predict(model, parts.x_test, num_samples=config.num_samples, seed=config.seed,
-                   verbose=1 if verbose else 0)
-    metrics = _evaluate(pred, parts.y_test, y_scaling)
-    metrics.update(task=task, target=target, source=source, epochs_trained=len(history),
-                   num_train=len(parts.x_train), num_val=len(parts.x_val),
-                   num_test=len(parts.x_test), config=dataclasses.asdict(config))
+    for name, samples, rows in (("num_samples", config.num_samples, len(parts.x_test)),
+                                ("val_samples", config.val_samples, len(parts.x_val))):
+        safety.check_sample_memory(model, samples, min(rows, DEFAULT_BATCH_SIZE), name)
+    log(f"{source}: {task} of {target!r} from {len(table.feature_names)} features; "
+        f"{len(parts.x_train)} train / {len(parts.x_val)} validation / {len(parts.x_test)} test "
+        f"rows; up to {config.epochs} epochs")
 
-    preprocessing = {"task": task, "target": target, "feature_names": list(table.feature_names),
-                     "class_names": list(table.class_names),
-                     "feature_scaler": scaler.get_config(), "target_scaling": y_scaling}
-    os.makedirs(out, exist_ok=True)
-    model.save(os.path.join(out, "model.keras"))
-    _write_json(os.path.join(out, PREPROCESSING_FILE), preprocessing)
-    write_history(os.path.join(out, "history.csv"), history)
-    metrics["seconds"] = round(time.time() - start, 1)
-    _write_json(os.path.join(out, "metrics.json"), metrics)
+    with stage:
+        history = fit(model, parts, config.epochs, config.batch_size, config.patience,
+                      config.val_samples, config.seed, verbose)
+        pred = predict(model, parts.x_test, num_samples=config.num_samples, seed=config.seed,
+                       verbose=1 if verbose else 0)
+        metrics = _evaluate(pred, parts.y_test, y_scaling)
+        metrics.update(task=task, target=target, source=source, epochs_trained=len(history),
+                       num_train=len(parts.x_train), num_val=len(parts.x_val),
+                       num_test=len(parts.x_test), config=dataclasses.asdict(config))
+        preprocessing = {"task": task, "target": target,
+                         "feature_names": list(table.feature_names),
+                         "class_names": list(table.class_names),
+                         "feature_scaler": scaler.get_config(), "target_scaling": y_scaling}
+        model.save(os.path.join(stage.path, "model.keras"))
+        _write_json(os.path.join(stage.path, PREPROCESSING_FILE), preprocessing)
+        write_history(os.path.join(stage.path, "history.csv"), history)
+        metrics["seconds"] = round(time.time() - start, 1)
+        _write_json(os.path.join(stage.path, "metrics.json"), metrics)
+        stage.commit()
     log(_summary(metrics, out))
     return metrics
 
 
 def _evaluate(pred, y, y_scaling):
-    if pred.task == "classification":
+    if pred.is_classification:
         p = pred.probabilities
         return {"test_accuracy": metrics_lib.accuracy(p, y), "test_nll": metrics_lib.nll(p, y),
                 "test_ece": metrics_lib.expected_calibration_error(p, y),
@@ -312,29 +327,46 @@ def _summary(m, out):
 
 # --- loading and predicting ------------------------------------------------------------------
 
-def load(path):
+def load(path, unsafe_load=False):
     """Load a saved model and its preprocessing: a `run` output folder or a ``.keras`` file.
 
-    A ``.keras`` file uses the ``preprocessing.json`` beside it when there is one; otherwise
-    its inputs are taken unscaled, every CSV column is a feature and classes are numbered.
+    A folder is trusted only when its manifest (`tfp_bnn.results.verify`) matches every file:
+    an interrupted, truncated or edited result is refused. A ``.keras`` file inside such a
+    folder is checked the same way and uses the folder's ``preprocessing.json``; a file in a
+    folder without a manifest (a bare model) takes its inputs unscaled, every CSV column is a
+    feature and classes are numbered, and a ``preprocessing.json`` beside it without a
+    manifest is refused rather than guessed at. The model itself is read by
+    `tfp_bnn.safety.load_model`: a ``.keras`` archive with ``safe_mode=True`` only, unless
+    ``unsafe_load``.
+
+    Args:
+        path: a `run` output folder or a ``.keras`` file.
+        unsafe_load: also load other formats (HDF5), with ``safe_mode=False``: code stored in
+            the file may run. Trusted files only.
 
     Returns:
         ``(model, preprocessing)``; ``preprocessing`` is None for a bare ``.keras`` file.
     """
     path = os.fspath(path)
     folder, file = (path, os.path.join(path, "model.keras")) if os.path.isdir(path) else (
-        os.path.dirname(path), path)
-    if not os.path.isfile(file):
+        os.path.dirname(path) or ".", path)
+    if not os.path.exists(file):
         raise FileNotFoundError(f"No model at MODEL={path!r} (expected a .keras file or a "
                                 "`tfp-bnn train` output folder holding model.keras)")
-    import tfp_bnn  # noqa: F401  (registers the Bayesian layers for deserialisation)
-    try:
-        model = tf_keras.models.load_model(file)
-    except Exception as e:  # a Keras load error: say which file and why in one line
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(f"could not load a tf_keras model from {file!r}: {first}") from None
     meta_path = os.path.join(folder, PREPROCESSING_FILE)
-    if not os.path.isfile(meta_path):
+    if os.path.isdir(path) or os.path.exists(os.path.join(folder, results.MANIFEST)):
+        listed = results.verify(folder)
+        if os.path.relpath(file, folder).replace(os.sep, "/") not in listed:
+            raise ValueError(f"MODEL={path!r} is not listed in the manifest of {folder!r}.")
+        use_meta = PREPROCESSING_FILE in listed
+    elif os.path.exists(meta_path):
+        raise ValueError(f"{meta_path!r} lies beside MODEL={path!r} without a "
+                         f"{results.MANIFEST}: an incomplete or hand-assembled result is not "
+                         "trusted; rerun `tfp-bnn train`, or move the .keras file out of it.")
+    else:
+        use_meta = False
+    model = safety.load_model(file, unsafe_load=unsafe_load)
+    if not use_meta:
         return model, None
     with open(meta_path) as f:
         try:
@@ -345,7 +377,7 @@ def load(path):
 
 
 def predict_csv(model_path, csv, out, num_samples=100, seed=None, overwrite=False, verbose=0,
-                batch_size=None):
+                batch_size=None, unsafe_load=False):
     """Predict every row of ``csv`` with a saved model; write one report row per example.
 
     Classification rows (`tfp_bnn.reports.write_uncertainty_csv`): predicted class, class
@@ -361,20 +393,22 @@ def predict_csv(model_path, csv, out, num_samples=100, seed=None, overwrite=Fals
         num_samples: S posterior samples per row.
         seed: an int makes the report reproducible.
         verbose: 1 shows a Keras progress bar over the batches.
+        batch_size: rows per compiled call (`tfp_bnn.predict`'s default when None).
+        unsafe_load: see `load`.
+
+    Raises:
+        ValueError naming the CSV's data row whose features or outputs are not finite in
+        float32; nothing is written then (a report holds finite numbers only).
 
     Returns:
         The `tfp_bnn.Prediction` (in the model's units: before undoing a target scaling).
     """
     out = os.fspath(out)
-    if os.path.isdir(out):
-        raise ValueError(f"out must be a file path; it is a directory. Received: out={out!r}")
-    if os.path.exists(out) and not overwrite:
-        raise FileExistsError(f"{out!r} already exists; nothing was changed. Pass --overwrite "
-                              "(overwrite=True) to replace it, or choose another --out.")
+    stage = results.Staging(out, overwrite, argument="--out", kind="file")
     if not os.path.isfile(csv):
         raise FileNotFoundError(f"No CSV file at path={os.fspath(csv)!r}")
-    model, meta = load(model_path)
-    kind = output_kind(model)
+    model, meta = load(model_path, unsafe_load=unsafe_load)
+    task = resolve_task(model)
     if meta is None:
         x, raw_y = data_lib.load_features(csv)
         scaler, target, class_names, y_scaling = None, None, None, None
@@ -390,23 +424,37 @@ def predict_csv(model_path, csv, out, num_samples=100, seed=None, overwrite=Fals
                          "is a feature)")
     if scaler is not None:
         x = scaler.transform(x)
-    pred = predict(model, x, num_samples=num_samples, seed=seed, batch_size=batch_size,
-                   verbose=1 if verbose else 0)
-    if kind == "classification":
-        labels = None if raw_y is None else _class_ids(raw_y, class_names, target, csv)
-        reports.write_uncertainty_csv(out, labels, pred.probabilities, pred.predictive_entropy,
-                                      pred.expected_entropy, pred.mutual_information,
-                                      class_names=class_names, overwrite=overwrite)
-    else:
-        labels = None
-        if raw_y is not None:
-            try:
-                labels = np.asarray(raw_y, dtype=np.float64)
-            except (TypeError, ValueError):
-                raise ValueError(f"Target column {target!r} in {os.fspath(csv)!r} is not "
-                                 "numeric") from None
-        mean, alea, epi = _unscale(pred, y_scaling)
-        reports.write_regression_csv(out, labels, mean, alea, epi, overwrite=overwrite)
+        bad = ~np.isfinite(x).all(axis=1)
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise ValueError(f"{os.fspath(csv)!r} data row {row + 1}: a feature is beyond "
+                             "float32's range once scaled with the training statistics, far "
+                             "outside the training data; nothing was predicted.")
+    safety.check_sample_memory(model, num_samples, min(len(x), batch_size or DEFAULT_BATCH_SIZE))
+    try:
+        pred = predict(model, x, num_samples=num_samples, seed=seed, batch_size=batch_size,
+                       verbose=1 if verbose else 0)
+    except NonFiniteOutputError as e:
+        raise ValueError(f"{os.fspath(csv)!r} data row {e.index + 1}: the model's output is "
+                         "not finite (inputs too far outside the training range for float32 "
+                         "arithmetic); nothing was written.") from None
+    with stage:
+        if task.is_classification:
+            labels = None if raw_y is None else _class_ids(raw_y, class_names, target, csv)
+            reports.write_uncertainty_csv(stage.path, labels, pred.probabilities,
+                                          pred.predictive_entropy, pred.expected_entropy,
+                                          pred.mutual_information, class_names=class_names)
+        else:
+            labels = None
+            if raw_y is not None:
+                try:
+                    labels = np.asarray(raw_y, dtype=np.float64)
+                except (TypeError, ValueError):
+                    raise ValueError(f"Target column {target!r} in {os.fspath(csv)!r} is not "
+                                     "numeric") from None
+            mean, alea, epi = _unscale(pred, y_scaling)
+            reports.write_regression_csv(stage.path, labels, mean, alea, epi)
+        stage.commit()
     return pred
 
 
