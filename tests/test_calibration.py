@@ -83,25 +83,42 @@ def test_vector_scaling_recovers_weights_and_bias():
     log_p = np.log(_softmax(z))
     y = _draw(_softmax(w * log_p + b), rng)
     cal = tfp_bnn.calibrate(_identity(3, "vec"), z, y, method="vector", num_samples=1)
-    # The maximum-likelihood fit (scipy's BFGS on the same NLL; softmax ignores a common shift
-    # of b), and near the generating values.
+    # The MAP fit (scipy's BFGS on the same objective: NLL plus the standard-normal prior on
+    # the step from w = 1/T, b = 0; softmax ignores a common shift of b), near the generating
+    # values.
     lp = np.log(_softmax(z.astype(np.float64)))
+    temp = tfp_bnn.calibrate(_identity(3, "vec_t"), z, y, num_samples=1)
+    start = np.r_[np.full(3, 1 / temp.temperature), np.zeros(3)]
 
-    def nll(theta):
+    def objective(theta):
         logit = theta[:3] * lp + theta[3:]
-        return -np.mean(logit[np.arange(len(y)), y] - np.log(np.exp(logit).sum(-1)))
+        nll = -np.mean(logit[np.arange(len(y)), y] - np.log(np.exp(logit).sum(-1)))
+        return nll + np.sum((theta - start) ** 2) / (2 * len(y))
 
-    mle = optimize.minimize(nll, np.r_[np.ones(3), np.zeros(3)], method="BFGS").x
+    mle = optimize.minimize(objective, start, method="BFGS").x
     np.testing.assert_allclose(cal.weights, mle[:3], atol=2e-3)
     np.testing.assert_allclose(cal.bias - cal.bias.mean(), mle[3:] - mle[3:].mean(), atol=2e-3)
     np.testing.assert_allclose(cal.weights, w, atol=0.25)
     np.testing.assert_allclose(cal.bias - cal.bias.mean(), b - b.mean(), atol=0.25)
     assert cal.validation_nll[1] < cal.validation_nll[0]
     # Vector scaling fits at least as well as temperature (it contains it).
-    temp = tfp_bnn.calibrate(_identity(3, "vec_t"), z, y, num_samples=1)
     assert cal.validation_nll[1] <= temp.validation_nll[1] + 1e-6
     probs = calibration.vector_scale(_softmax(z[:5]), cal.weights, cal.bias).numpy()
     np.testing.assert_allclose(probs, _softmax(cal.weights * log_p[:5] + cal.bias), rtol=1e-4)
+
+
+def test_a_separated_validation_set_warns_and_keeps_vector_scaling_finite():
+    rng = np.random.default_rng(6)
+    z = rng.normal(scale=3.0, size=(300, 3)).astype(np.float32)
+    y = z.argmax(1)  # every example right, with a margin: the NLL falls as T -> 0
+    with pytest.warns(UserWarning, match=r"fitted temperature is at the edge of its range"):
+        temp = tfp_bnn.calibrate(_identity(3, "sep_t"), z, y, num_samples=1)
+    assert temp.temperature == pytest.approx(calibration.TEMPERATURE_RANGE[0])
+    with pytest.warns(UserWarning, match="edge of its range"):
+        vec = tfp_bnn.calibrate(_identity(3, "sep_v"), z, y, method="vector", num_samples=1)
+    # The prior on the step from w = 1/T holds w within a few units of it (sd ~ sqrt(n)).
+    assert np.all(np.abs(vec.weights - 1 / temp.temperature) < 3 * np.sqrt(len(y)))
+    assert np.all(np.isfinite(vec.weights)) and np.all(np.isfinite(vec.bias))
 
 
 def test_binary_temperature():

@@ -11,8 +11,10 @@ With ``pbar = (1/S) sum_s softmax(z_s)`` the MC predictive and ``l = log pbar``:
     "vector":                            p = softmax(w * l + b)              (w, b in R^C)
     "variance" (regression):             variance = s * variance             (s > 0, a scalar)
 
-T, w and b minimise the validation NLL of the MC predictive; ``s = mean_id (y - m)^2 / v`` is
-the closed-form minimiser of the validation Gaussian NLL. A temperature after the average
+T, w and b minimise the validation NLL of the MC predictive (w and b under a standard-normal
+prior on their step from the fitted temperature, ``w = 1/T, b = 0``, which keeps them finite on
+a validation set the model separates); ``s = mean_id (y - m)^2 / v`` is the closed-form
+minimiser of the validation Gaussian NLL. A temperature after the average
 ("predictive", the default) is the one that works: on the digits recipe of
 ``scripts/calibration_digits.py`` (two seeds) it took the validation-fitted test NLL and ECE
 further down than the same temperature inside every sample (see `CalibrationTarget`).
@@ -36,6 +38,7 @@ References:
     Regression Tasks", 2019 (scaling the predictive variance).
 """
 import math
+import warnings
 
 import numpy as np
 
@@ -164,24 +167,41 @@ def _search_temperature(nll_of):
     grid = np.linspace(lo, hi, 41)
     values = [nll_of(math.exp(g)) for g in grid]
     best = int(np.argmin(values))
-    a, b = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
+    if best in (0, len(grid) - 1):
+        warnings.warn(
+            f"the fitted temperature is at the edge of its range {TEMPERATURE_RANGE} (T = "
+            f"{math.exp(grid[best]):g}): the validation NLL keeps falling that way, as it does "
+            "when the model classifies every validation example right with a margin. Use a "
+            "larger or harder validation set.", UserWarning, stacklevel=3)
+        return math.exp(grid[best])
+    a, b = grid[best - 1], grid[best + 1]
     return math.exp(_golden_max(lambda g: -nll_of(math.exp(g)), a, b, iters=30))
 
 
 def _fit_vector(probabilities, y, temperature):
-    """w, b minimising the NLL of softmax(w * log p + b): convex, so L-BFGS finds the optimum."""
+    """w, b of the MAP fit of softmax(w * log p + b): convex, so L-BFGS finds the optimum.
+
+        min_{w,b} NLL_val(w, b) + (|w - 1/T|^2 + |b|^2) / (2 n)
+
+    The standard-normal prior on the step from temperature scaling (T fitted first) keeps w
+    finite when the model separates the validation set: without it, on the digits recipe
+    (201 validation examples, 99 % accuracy) w reached ~1000 and the test NLL 0.64, against
+    0.08 with it and 0.077 with the temperature alone (``scripts/calibration_digits.py``).
+    """
     log_p = _log_probabilities(probabilities)
     labels = tf.constant(y)
     num_classes = int(log_p.shape[-1])
+    start = tf.concat([tf.fill([num_classes], 1.0 / temperature), tf.zeros([num_classes])], 0)
+    prior_weight = 0.5 / len(y)
 
     def loss_and_gradient(params):
         with tf.GradientTape() as tape:
             tape.watch(params)
             logits = params[:num_classes] * log_p + params[num_classes:]
-            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+            loss = (tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+                    + prior_weight * tf.reduce_sum(tf.square(params - start)))
         return loss, tape.gradient(loss, params)
 
-    start = tf.concat([tf.fill([num_classes], 1.0 / temperature), tf.zeros([num_classes])], 0)
     result = tfp.optimizer.lbfgs_minimize(loss_and_gradient, start, max_iterations=200,
                                           tolerance=1e-8)
     params = result.position.numpy().astype(np.float64)
