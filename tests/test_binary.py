@@ -15,6 +15,7 @@ from sklearn.model_selection import train_test_split
 
 import tfp_bnn
 from tfp_bnn import cli, sampling, tasks
+from tfp_bnn.distill import soft_target_cross_entropy
 from tfp_bnn._keras import tf, tf_keras
 
 EXPORT_SAMPLES = 10
@@ -88,6 +89,31 @@ def test_predict_gives_two_class_probabilities_and_the_decomposition(trained, ca
     assert scores["accuracy"] == pytest.approx(accuracy)
     assert scores["nll"] == pytest.approx(
         -np.mean(np.log(pred.probabilities[np.arange(n), y_test])), rel=1e-5)
+
+
+def test_distillation_of_a_binary_teacher(trained, cancer):
+    x_train, _, x_test, _ = cancer
+    student = tf_keras.Sequential([tf_keras.Input((30,)), tf_keras.layers.Dense(16, "relu"),
+                                   tf_keras.layers.Dense(1)])
+    result = tfp_bnn.distill(trained, student, x_train, num_samples=50, epochs=40,
+                             learning_rate=1e-2, seed=0)
+    assert result.task == "binary" and result.teacher_probabilities.shape == (len(x_train), 2)
+    # The soft-target loss is the binary cross-entropy against p(y=1), by hand.
+    p1 = result.teacher_probabilities[:10, 1].astype(np.float64)
+    z = student(x_train[:10]).numpy()[:, 0].astype(np.float64)
+    ce = soft_target_cross_entropy(result.teacher_probabilities[:10], z[:, None],
+                                    "binary").numpy()
+    np.testing.assert_allclose(ce, -(p1 * -np.logaddexp(0, -z) + (1 - p1) * -np.logaddexp(0, z)),
+                               rtol=1e-5, atol=1e-6)
+    assert result.history["kl"][-1] < 0.05 < result.history["kl"][0]
+    # One forward pass of the student, as a binary Prediction, and predict(result) agrees.
+    pred = result.predict(x_test)
+    assert pred.task == "binary" and pred.probabilities.shape == (len(x_test), 2)
+    teacher = tfp_bnn.predict(trained, x_test, num_samples=200, seed=0)
+    assert np.abs(pred.probabilities - teacher.probabilities).mean() < 0.05
+    with pytest.warns(UserWarning, match="no stochastic layer"):
+        direct = tfp_bnn.predict(result, x_test, num_samples=1)
+    np.testing.assert_allclose(direct.probabilities, pred.probabilities, atol=1e-6)
 
 
 FRESH = textwrap.dedent("""
