@@ -285,6 +285,23 @@ def test_predict_and_export_refuse_a_folder_that_is_not_as_written(damage, fragm
     assert _snapshot(tmp_path) == before
 
 
+def test_a_complete_folder_without_preprocessing_is_never_predicted_unscaled(trained, tmp_path,
+                                                                             capsys):
+    # Like a `tfp-bnn iris` folder: a valid manifest, a model trained on scaled inputs, no
+    # preprocessing.json. Export needs no scaling; predicting raw CSV values would be wrong.
+    folder = tmp_path / "run"
+    shutil.copytree(trained, folder)
+    (folder / "preprocessing.json").unlink()
+    results.write_manifest(str(folder))
+    for model in (folder, folder / "model.keras"):
+        code, err = _main_exit(["predict", str(model), IRIS, "--out", str(tmp_path / "p.csv")],
+                               capsys)
+        assert code == 2 and len(err) == 1 and "holds no preprocessing.json" in err[0], err
+    assert not (tmp_path / "p.csv").exists()
+    assert cli.main(["export", str(folder), str(tmp_path / "exp"), "--quiet"]) == 0
+    assert (tmp_path / "exp" / "1" / "saved_model.pb").is_file()
+
+
 def test_sigterm_at_a_random_moment_of_train_overwrite_leaves_old_or_new(tmp_path):
     # Four `train --overwrite` processes over four copies of the old results, started together
     # (their TensorFlow start-up overlaps); each gets SIGTERM at a random moment in the 2 s

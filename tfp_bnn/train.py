@@ -14,7 +14,8 @@
                early stopping on the
                Monte Carlo validation NLL (best weights restored)
     out     -> model.keras, preprocessing.json (columns, classes, scaling), metrics.json,
-               history.csv; existing files are kept unless overwrite
+               history.csv and, written last, manifest.json (sizes, sha256); staged beside
+               ``out`` and swapped in complete (`tfp_bnn.results`); kept unless overwrite
     predict -> the saved scaling applied to a CSV's feature columns, S posterior samples, one
                row per example with the uncertainty decomposition in the target's units
 
@@ -327,15 +328,15 @@ def _summary(m, out):
 
 # --- loading and predicting ------------------------------------------------------------------
 
-def load(path, unsafe_load=False):
+def load(path, unsafe_load=False, require_preprocessing=False):
     """Load a saved model and its preprocessing: a `run` output folder or a ``.keras`` file.
 
     A folder is trusted only when its manifest (`tfp_bnn.results.verify`) matches every file:
     an interrupted, truncated or edited result is refused. A ``.keras`` file inside such a
     folder is checked the same way and uses the folder's ``preprocessing.json``; a file in a
     folder without a manifest (a bare model) takes its inputs unscaled, every CSV column is a
-    feature and classes are numbered, and a ``preprocessing.json`` beside it without a
-    manifest is refused rather than guessed at. The model itself is read by
+    feature and classes are numbered, and result files (``preprocessing.json``, ...) beside
+    it without a manifest are refused rather than guessed at. The model itself is read by
     `tfp_bnn.safety.load_model`: a ``.keras`` archive with ``safe_mode=True`` only, unless
     ``unsafe_load``.
 
@@ -343,6 +344,8 @@ def load(path, unsafe_load=False):
         path: a `run` output folder or a ``.keras`` file.
         unsafe_load: also load other formats (HDF5), with ``safe_mode=False``: code stored in
             the file may run. Trusted files only.
+        require_preprocessing: refuse a results folder whose manifest lists no
+            ``preprocessing.json`` (its model takes scaled inputs).
 
     Returns:
         ``(model, preprocessing)``; ``preprocessing`` is None for a bare ``.keras`` file.
@@ -359,11 +362,17 @@ def load(path, unsafe_load=False):
         if os.path.relpath(file, folder).replace(os.sep, "/") not in listed:
             raise ValueError(f"MODEL={path!r} is not listed in the manifest of {folder!r}.")
         use_meta = PREPROCESSING_FILE in listed
-    elif os.path.exists(meta_path):
-        raise ValueError(f"{meta_path!r} lies beside MODEL={path!r} without a "
-                         f"{results.MANIFEST}: an incomplete or hand-assembled result is not "
-                         "trusted; rerun `tfp-bnn train`, or move the .keras file out of it.")
+        if require_preprocessing and not use_meta:
+            raise ValueError(f"{folder!r} holds no {PREPROCESSING_FILE} (a `tfp-bnn iris` "
+                             "folder, say): its model expects scaled inputs, and raw CSV values "
+                             "would be predicted wrongly. Use a `tfp-bnn train` folder.")
     else:
+        beside = [n for n in OUTPUT_FILES if n != os.path.basename(file)
+                  and os.path.exists(os.path.join(folder, n))]
+        if beside:
+            raise ValueError(f"{', '.join(beside)} lie beside MODEL={path!r} without a "
+                             f"{results.MANIFEST}: an incomplete or hand-assembled result is "
+                             "not trusted; rerun `tfp-bnn train`, or move the .keras file out.")
         use_meta = False
     model = safety.load_model(file, unsafe_load=unsafe_load)
     if not use_meta:
@@ -407,7 +416,7 @@ def predict_csv(model_path, csv, out, num_samples=100, seed=None, overwrite=Fals
     stage = results.Staging(out, overwrite, argument="--out", kind="file")
     if not os.path.isfile(csv):
         raise FileNotFoundError(f"No CSV file at path={os.fspath(csv)!r}")
-    model, meta = load(model_path, unsafe_load=unsafe_load)
+    model, meta = load(model_path, unsafe_load=unsafe_load, require_preprocessing=True)
     task = resolve_task(model)
     if meta is None:
         x, raw_y = data_lib.load_features(csv)
