@@ -304,10 +304,10 @@ def glorot_weights(model, rng):
     return out
 
 
-def output_samples(model, x, num, seed):
+def output_samples(model, x, num, seed, task=None):
     """``[S, B, outputs]``: the per-sample outputs of `tfp_bnn.predict` (normalised units)."""
     return tfp_bnn.predict(model, x, num_samples=num, seed=seed, return_samples=True,
-                           batch_size=len(x), verbose=0).samples
+                           batch_size=len(x), verbose=0, task=task).samples
 
 
 class VI:
@@ -412,7 +412,8 @@ class DropoutGrid:
                           for p, m in self.final.items()}
 
     def _net(self, rate):
-        return tfp_bnn.mc_dropout(mlp(self.f, self.h, 1), rate=rate, where="all")
+        return tfp_bnn.mc_dropout(mlp(self.f, self.h, 1), rate=rate, where="all",
+                                  task="regression")
 
     def _fit(self, trainer, x, y, grid, epochs, seed):
         rng = np.random.default_rng(seed)
@@ -425,13 +426,16 @@ class DropoutGrid:
     def run(self, x, y, x_eval, y_std, epochs, seed):
         x_fit, y_fit, x_val, y_val = holdout(x, y)
         self._fit(self.search_fit, x_fit, y_fit, self.grid, epochs, seed)
-        val_ll = [scores(y_val, output_samples(m, x_val, self.s.num_samples, seed)[..., 0],
+        # One linear output unit: a regression mean (predict cannot tell it from a logit).
+        val_ll = [scores(y_val, output_samples(m, x_val, self.s.num_samples, seed,
+                                               "regression")[..., 0],
                          1.0 / math.sqrt(t) / y_std, y_std)["test_ll"]
                   for m, (_, t) in zip(self.search, self.grid)]
         best = int(np.nanargmax(val_ll))
         rate, tau = self.grid[best]
         steps = self._fit(self.final_fit[rate], x, y, [(rate, tau)], epochs, seed + 1)
-        mu = output_samples(self.final[rate], x_eval, self.s.num_samples, seed + 1)[..., 0]
+        mu = output_samples(self.final[rate], x_eval, self.s.num_samples, seed + 1,
+                            "regression")[..., 0]
         info = {"dropout": rate, "tau": tau, "val_ll": float(val_ll[best]), "epochs": epochs,
                 "steps": int(steps)}
         return mu, 1.0 / math.sqrt(tau) / y_std, info
