@@ -105,11 +105,14 @@ def lambda_h5(tmp_path):
 def test_hdf5_lambda_under_a_keras_name_is_refused_and_never_runs(lambda_h5, tmp_path):
     path, marker = lambda_h5
     before = _snapshot(tmp_path)
-    for argv in (["predict", str(path), str(tmp_path / "x.csv"), "--out", str(tmp_path / "p.csv")],
-                 ["export", str(path), str(tmp_path / "exported")]):
-        proc = _cli(*argv)
-        assert proc.returncode == 2, proc.stderr[-2000:]
-        lines = _own_stderr(proc.stderr)
+    commands = (["predict", str(path), str(tmp_path / "x.csv"), "--out", str(tmp_path / "p.csv")],
+                ["export", str(path), str(tmp_path / "exported")])
+    procs = [subprocess.Popen([sys.executable, "-m", "tfp_bnn.cli", *argv], text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for argv in commands]
+    for argv, proc in zip(commands, procs):
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 2, stderr[-2000:]
+        lines = _own_stderr(stderr)
         assert len(lines) == 1, lines
         assert lines[0].startswith(f"tfp-bnn {argv[0]}: error: MODEL={str(path)!r} is HDF5")
         assert "--unsafe-load" in lines[0]
@@ -311,8 +314,13 @@ def test_sigterm_at_a_random_moment_of_train_overwrite_leaves_old_or_new(tmp_pat
     csv.write_text("a,b,c,d,y\n" + "".join(f"{r[0]},{r[1]},{r[2]},{r[3]},{k % 2}\n"
                                            for k, r in enumerate(rows)))
     epochs = ["--epochs", "20"]
-    assert cli.main(_train_args(tmp_path / "run0", *epochs, csv=csv, target="y", seed=1)) == 0
-    old = _snapshot(tmp_path / "run0")
+    # The old results: any complete folder of train's files (overwrite replaces it whole).
+    old_run = tmp_path / "run0"
+    old_run.mkdir()
+    for name in train.OUTPUT_FILES:
+        (old_run / name).write_text(json.dumps({"config": {"seed": 1}}))
+    results.write_manifest(str(old_run))
+    old = _snapshot(old_run)
     rng = random.Random(0)
     runs = []
     for i in range(4):
@@ -366,6 +374,13 @@ def test_a_killed_runs_staging_is_removed_and_never_blocks_a_rerun(tmp_path):
         stage.commit()
     assert (tmp_path / "run" / "a.txt").read_text() == "new"
     assert sorted(os.listdir(tmp_path)) == [alive.name, "run"]
+    # Killed between the two renames of a swap without atomic exchange: old results restored.
+    moved = tmp_path / f".other.tmp-{dead.pid}-abcdef12-old"
+    moved.mkdir()
+    (moved / "a.txt").write_text("old")
+    with results.Staging(tmp_path / "other", owned=("a.txt",)):
+        pass
+    assert (tmp_path / "other" / "a.txt").read_text() == "old" and not moved.exists()
 
 
 def test_overwrite_replaces_only_our_own_results(tmp_path):

@@ -289,7 +289,12 @@ class Staging:
         for entry in os.listdir(parent):
             match = pattern.match(entry)
             if match and not _alive(int(match.group(1))):
-                _remove(os.path.join(parent, entry))
+                if match.group(2) and not os.path.lexists(self.out):
+                    # Killed between the two renames of a swap without exchange: the old
+                    # results go back in place rather than away.
+                    os.rename(os.path.join(parent, entry), self.out)
+                else:
+                    _remove(os.path.join(parent, entry))
 
     def __enter__(self):
         parent, name = os.path.split(self.out)
