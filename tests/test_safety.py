@@ -383,7 +383,18 @@ def test_a_killed_runs_staging_is_removed_and_never_blocks_a_rerun(tmp_path):
     assert (tmp_path / "other" / "a.txt").read_text() == "old" and not moved.exists()
 
 
-def test_overwrite_replaces_only_our_own_results(tmp_path):
+@pytest.mark.parametrize("exchange", [True, False], ids=["atomic_exchange", "two_renames"])
+def test_overwrite_replaces_only_our_own_results(exchange, tmp_path, monkeypatch):
+    if not exchange:
+        monkeypatch.setattr(results, "_exchange", lambda a, b: False)
+    elif sys.platform.startswith("linux"):  # the exchange really swaps two names here
+        (tmp_path / "x").mkdir()
+        (tmp_path / "y").mkdir()
+        (tmp_path / "x" / "1").touch()
+        assert results._exchange(str(tmp_path / "x"), str(tmp_path / "y"))
+        assert os.listdir(tmp_path / "y") == ["1"] and os.listdir(tmp_path / "x") == []
+        shutil.rmtree(tmp_path / "x")
+        shutil.rmtree(tmp_path / "y")
     out = tmp_path / "run"
     out.mkdir()
     (out / "a.txt").write_text("old")

@@ -13,8 +13,8 @@ Each subcommand has --help. Long steps show a Keras progress bar (``--quiet`` hi
 are never overwritten without ``--overwrite``, and are written atomically (`tfp_bnn.results`).
 Model files are loaded as `tfp_bnn.safety.load_model` allows (a ``.keras`` archive, safe mode;
 ``--unsafe-load`` for anything else). Bad input ends with exit code 2 and one line on stderr
-naming what was wrong, before any training. The installed ``tfp-bnn`` script (`_tfp_bnn_cli`) holds back
-TensorFlow's import-time INFO lines; ``python -m tfp_bnn.cli`` shows them before that line.
+naming what was wrong, before any training. The installed ``tfp-bnn`` script (`_tfp_bnn_cli`)
+holds back TensorFlow's import-time INFO lines; ``python -m tfp_bnn.cli`` shows them first.
 """
 import argparse
 import json

@@ -29,7 +29,6 @@ import re
 import secrets
 import shutil
 import signal
-import stat
 import sys
 import threading
 
