@@ -8,7 +8,8 @@
 
 Replacing an existing ``out`` (``overwrite``) is one atomic exchange of the two names on Linux
 (``renameat2(RENAME_EXCHANGE)``), so at every instant ``out`` is either the complete old
-results or the complete new ones; elsewhere it is two renames. SIGTERM, SIGHUP and Ctrl-C
+results or the complete new ones; elsewhere it is two renames (a process killed between them
+gets its old results back at the next run). SIGTERM, SIGHUP and Ctrl-C
 during the job remove the staging folder and end the process as the signal would have; a
 signal that arrives during the swap is held until the swap is done. A staging folder left by a
 process killed outright (SIGKILL, power loss) is removed by the next run for the same ``out``
