@@ -11,9 +11,10 @@ With ``pbar = (1/S) sum_s softmax(z_s)`` the MC predictive and ``l = log pbar``:
     "vector":                            p = softmax(w * l + b)              (w, b in R^C)
     "variance" (regression):             variance = s * variance             (s > 0, a scalar)
 
-T, w and b minimise the validation NLL of the MC predictive (w and b under a standard-normal
-prior on their step from the fitted temperature, ``w = 1/T, b = 0``, which keeps them finite on
-a validation set the model separates); ``s = mean_id (y - m)^2 / v`` is the closed-form
+T, w and b are MAP fits to the validation NLL of the MC predictive, under ``log T ~ N(0, 1)``
+and a standard-normal prior on the step of w, b from the temperature (``w = 1/T, b = 0``): the
+priors keep them finite on a validation set the model classifies all right, where the NLL
+alone falls without end as T -> 0; ``s = mean_id (y - m)^2 / v`` is the closed-form
 minimiser of the validation Gaussian NLL. A temperature after the average
 ("predictive", the default) is the one that works: on the digits recipe of
 ``scripts/calibration_digits.py`` (two seeds) it took the validation-fitted test NLL and ECE
@@ -158,14 +159,24 @@ def _nll(probabilities, y):
     return metrics.nll(np.asarray(probabilities, np.float64), y)
 
 
-def _search_temperature(nll_of):
-    """The T in `TEMPERATURE_RANGE` minimising ``nll_of(T)``: a log grid, then golden section
-    inside the best grid cell (the NLL is convex in 1/T for target "predictive")."""
+def _search_temperature(nll_of, n):
+    """The MAP temperature in `TEMPERATURE_RANGE` under ``log T ~ N(0, 1)``:
+
+        T = argmin_T NLL_val(T) + (log T)^2 / (2 n)
+
+    by a log grid, then golden section inside the best grid cell. Without the prior a
+    validation set the model classifies all right sends T to 0: on Iris (24 validation
+    examples, all right) T reached the range's floor 0.01 and the test NLL went from 0.20 to
+    2.33; on the digits recipe the prior also lowered the test NLL (0.069 against 0.077).
+    """
     from tfp_bnn.baselines.laplace import _golden_max
+
+    def objective(log_t):
+        return nll_of(math.exp(log_t)) + log_t ** 2 / (2 * n)
 
     lo, hi = (math.log(v) for v in TEMPERATURE_RANGE)
     grid = np.linspace(lo, hi, 41)
-    values = [nll_of(math.exp(g)) for g in grid]
+    values = [objective(g) for g in grid]
     best = int(np.argmin(values))
     if best in (0, len(grid) - 1):
         warnings.warn(
@@ -175,7 +186,7 @@ def _search_temperature(nll_of):
             "larger or harder validation set.", UserWarning, stacklevel=3)
         return math.exp(grid[best])
     a, b = grid[best - 1], grid[best + 1]
-    return math.exp(_golden_max(lambda g: -nll_of(math.exp(g)), a, b, iters=30))
+    return math.exp(_golden_max(lambda g: -objective(g), a, b, iters=30))
 
 
 def _fit_vector(probabilities, y, temperature):
@@ -236,8 +247,10 @@ def calibrate(model, x_val, y_val, method="temperature", target="predictive", nu
               seed=0, batch_size=None, task=None):
     """Fit a post-hoc calibration of ``model`` on validation data (see module doc).
 
-        temperature: T = argmin_T NLL_val(softmax(log pbar / T))      (or of the scaled samples)
+        temperature: T = argmin_T NLL_val(softmax(log pbar / T)) + (log T)^2 / (2 n)
+                     (or the NLL of the scaled samples)
         vector:      w, b = argmin NLL_val(softmax(w * log pbar + b))
+                            + (|w - 1/T|^2 + |b|^2) / (2 n)
         variance:    s = mean_id (y_id - m_id)^2 / v_id
 
     Args:
@@ -306,12 +319,12 @@ def calibrate(model, x_val, y_val, method="temperature", target="predictive", nu
         samples = tf.constant(pred.samples, tf.float32)
         strategy = tasks.get(resolved)
         temperature = _search_temperature(
-            lambda t: _nll(strategy.summary(samples / t)["probabilities"], y))
+            lambda t: _nll(strategy.summary(samples / t)["probabilities"], y), len(y))
         after = _nll(strategy.summary(samples / temperature)["probabilities"], y)
         return Calibrated(target=target, temperature=temperature,
                           validation_nll=(before, after), **fitted)
     probs = tf.constant(pred.probabilities, tf.float32)
-    temperature = _search_temperature(lambda t: _nll(temperature_scale(probs, t), y))
+    temperature = _search_temperature(lambda t: _nll(temperature_scale(probs, t), y), len(y))
     if method is Calibration.TEMPERATURE:
         after = _nll(temperature_scale(probs, temperature), y)
         return Calibrated(target=target, temperature=temperature,

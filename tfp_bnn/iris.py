@@ -7,7 +7,10 @@ settings and ``--seed i`` trains seed ``i`` of this build):
     data  -> shuffle, min-max scale with training statistics, train / val (20 % of train) / test
     model -> Dense(64, relu) -> Dense(64, relu) -> Dense(3), bayesify(flipout, normal prior, N)
     fit   -> Adam(1e-3), sparse CE from logits, early stopping on validation NLL
-    eval  -> 100 MC samples: accuracy, NLL, ECE, mutual information (epistemic)
+    eval  -> 100 MC samples: accuracy, NLL, ECE, mutual information (epistemic); the ECE and
+             NLL again after temperature scaling fitted on the validation split
+             (`tfp_bnn.calibrate`), and the test coverage and mean size of 90 % APS sets
+             conformalised on the validation split (`tfp_bnn.conformal`)
 
 Run ``i`` of ``seeds`` shuffles and splits with ``data_seed + i`` and initialises the network with
 seed ``i``: Iris's 30-example test sets differ in difficulty (a linear model scores 0.90 on one
@@ -26,6 +29,8 @@ import time
 import numpy as np
 
 from tfp_bnn import data as data_lib
+from tfp_bnn.calibration import calibrate
+from tfp_bnn.conformal import conformal
 from tfp_bnn import metrics as metrics_lib
 from tfp_bnn import plots, reports, results
 from tfp_bnn import train as train_lib
@@ -126,6 +131,25 @@ def evaluate(model, x, y, class_names, num_samples=100, seed=0):
     return result, pred
 
 
+def evaluate_post_hoc(model, split, num_samples=100, seed=0, alpha=0.1):
+    """Temperature scaling and conformal sets, both fitted on the validation split.
+
+    The conformal sets are built on the uncalibrated model: a temperature fitted on the same
+    validation examples would make them not exchangeable with the test split any more.
+    """
+    cal = calibrate(model, split.x_val, split.y_val, num_samples=num_samples, seed=seed)
+    p = predict(cal, split.x_test, num_samples=num_samples, seed=seed, verbose=0).probabilities
+    conf = conformal(model, split.x_val, split.y_val, alpha=alpha, num_samples=num_samples,
+                     seed=seed)
+    sets = predict(conf, split.x_test, num_samples=num_samples, seed=seed,
+                   verbose=0).prediction_sets
+    return {"temperature": cal.temperature,
+            "test_nll_calibrated": metrics_lib.nll(p, split.y_test),
+            "test_ece_calibrated": metrics_lib.expected_calibration_error(p, split.y_test),
+            "coverage_90": metrics_lib.empirical_coverage(sets, split.y_test),
+            "set_size_90": metrics_lib.set_size(sets)}
+
+
 def _mean(values):
     return float(np.mean(values))
 
@@ -178,9 +202,12 @@ def _train_and_write(stage, table, config, export_dir, log, verbose):
         model, rows = train(split, seed, config, verbose)
         history += rows
         result, pred = evaluate(model, split.x_test, split.y_test, names, config.num_samples, seed)
+        result.update(evaluate_post_hoc(model, split, config.num_samples, seed))
         per_seed.append(result)
         log(f"  seed {seed}: {len(rows)} epochs, test accuracy {result['test_accuracy']:.3f}, "
-            f"NLL {result['test_nll']:.3f}, ECE {result['test_ece']:.3f}")
+            f"NLL {result['test_nll']:.3f}, ECE {result['test_ece']:.3f}; temperature "
+            f"{result['temperature']:.3f}: NLL {result['test_nll_calibrated']:.3f}, ECE "
+            f"{result['test_ece_calibrated']:.3f}; 90 % sets cover {result['coverage_90']:.3f}")
         if first is None:
             first = (model, pred, split)
 
@@ -207,6 +234,10 @@ def _train_and_write(stage, table, config, export_dir, log, verbose):
         "config": dataclasses.asdict(config),
         "num_train": len(split.x_train), "num_val": len(split.x_val), "num_test": len(split.x_test),
     }
+    for key in ("temperature", "test_nll_calibrated", "test_ece_calibrated", "coverage_90",
+                "set_size_90"):
+        metrics[f"{key}_per_seed"] = [r[key] for r in per_seed]
+        metrics[key] = _mean(metrics[f"{key}_per_seed"])
 
     train_lib.write_history(os.path.join(out, "history.csv"), history)
     reports.write_uncertainty_csv(
@@ -235,6 +266,12 @@ def summary(metrics, class_names, out):
         f"Test NLL {metrics['test_nll']:.3f}   ECE (15 bins) {metrics['test_ece']:.3f}   "
         f"mean mutual information {metrics['mean_mutual_information']:.4f} nats",
     ]
+    if "test_ece_calibrated" in metrics:
+        lines.append(f"Temperature-scaled on the validation split (mean T "
+                     f"{metrics['temperature']:.3f}): test NLL "
+                     f"{metrics['test_nll_calibrated']:.3f}   ECE "
+                     f"{metrics['test_ece_calibrated']:.3f}; 90 % APS sets: test coverage "
+                     f"{metrics['coverage_90']:.3f}, mean size {metrics['set_size_90']:.2f}")
     if np.isfinite(metrics["mi_confusable_pair"]):
         pair, other = metrics["mi_confusable_pair"], metrics["mi_other"]
         verdict = "more" if pair > other else "NOT more"

@@ -169,29 +169,21 @@ def _mc_function(model, num_samples, task, return_samples, stochastic=True):
 
 
 def _post_hoc_function(post, return_samples, probabilities):
-    """The compiled summary of a post-hoc method (calibrate, conformal) over the model's samples.
+    """The summary of a post-hoc method (calibrate, conformal) over the model's samples.
 
-    Separate from `_mc_function`, whose samples it takes: every calibrated or conformal object
-    of one model shares that model's traced MC graph and traces only its own few summary ops.
-    Cached on the object, so the function dies with it.
+    Eager, on the samples of `_mc_function`: every calibrated or conformal object of a model
+    shares that model's compiled MC graph, and its own few summary ops cost no trace (a traced
+    function per object made TensorFlow warn of retracing after five objects).
     """
-    cache = _FUNCTIONS.setdefault(post, {})
-    key = (return_samples, probabilities)
-    if key not in cache:
-        post_ref = weakref.ref(post)
-        task = post.task
+    def base(samples, exact):
+        return summarize(samples, post.task, exact, probabilities)
 
-        def base(samples, exact):
-            return summarize(samples, task, exact, probabilities)
-
-        @tf.function(reduce_retracing=True)
-        def run(samples, seed, alpha=None):
-            out = post_ref().summary(samples, base, True, alpha, seed)
-            if return_samples:
-                out["samples"] = samples
-            return out
-        cache[key] = run
-    return cache[key]
+    def run(samples, seed, alpha=None):
+        out = post.summary(samples, base, True, alpha, seed)
+        if return_samples:
+            out["samples"] = samples
+        return out
+    return run
 
 
 class NonFiniteOutputError(ValueError):
