@@ -45,7 +45,7 @@ from tfp_bnn._keras import tf, tf_keras, tfp
 from tfp_bnn.kernel_layer import UNSUPPORTED_OPTIONS, KernelLayer
 
 __all__ = ["EinsumDenseFlipout", "EinsumDenseReparameterization", "MultiHeadAttentionFlipout",
-           "MultiHeadAttentionReparameterization", "KERAS_EQUIVALENT"]
+           "MultiHeadAttentionReparameterization"]
 
 
 def _split_equation(equation):

@@ -39,7 +39,7 @@ __all__ = [
     "GroupedConv2DFlipout", "GroupedConv2DReparameterization", "GroupedConv3DFlipout",
     "GroupedConv3DReparameterization", "Conv1DTransposeFlipout", "Conv1DTransposeReparameterization",
     "Conv2DTransposeFlipout", "Conv2DTransposeReparameterization", "Conv3DTransposeFlipout",
-    "Conv3DTransposeReparameterization", "KERAS_EQUIVALENT",
+    "Conv3DTransposeReparameterization",
 ]
 
 

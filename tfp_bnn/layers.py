@@ -309,3 +309,12 @@ Convolution1DFlipout, Convolution2DFlipout, Convolution3DFlipout = (
 Convolution1DReparameterization = Conv1DReparameterization
 Convolution2DReparameterization = Conv2DReparameterization
 Convolution3DReparameterization = Conv3DReparameterization
+
+# The kinds TFP lacks live in tfp_bnn/conv_kinds.py and tfp_bnn/attention.py (on
+# tfp_bnn.kernel_layer.KernelLayer); re-exported so that one module lists every Bayesian layer.
+from tfp_bnn import attention as _attention  # noqa: E402
+from tfp_bnn import conv_kinds as _conv_kinds  # noqa: E402
+from tfp_bnn.attention import *  # noqa: E402,F401,F403
+from tfp_bnn.conv_kinds import *  # noqa: E402,F401,F403
+
+__all__ += _conv_kinds.__all__ + _attention.__all__
