@@ -33,6 +33,7 @@ import inspect
 import sys
 from typing import Callable, NamedTuple, Optional
 
+from tfp_bnn import ops, registry
 from tfp_bnn._keras import is_keras3_model, is_tf_keras_model, keras3, tf, tf_keras
 
 __all__ = ["KINDS", "RNN_KINDS", "Replacement", "replay", "copy", "kind", "builtin",
@@ -173,15 +174,19 @@ def _accepted_kwargs(cls, base=True):
 
 def _new_layer(layer):
     """A fresh tf_keras layer with ``layer``'s config (no weights yet)."""
+    builder = registry.builder_for(layer)
+    if builder is not None:
+        return builder(layer)
     if isinstance(layer, tf_keras.layers.Layer):
         return type(layer).from_config(layer.get_config())
     name = type(layer).__name__
     cls = getattr(tf_keras.layers, name, None)
-    if cls is None or not type(layer).__module__.startswith("keras."):
+    if cls is None or not type(layer).__module__.startswith("keras.src.layers."):
         raise ValueError(
             f"Cannot rebuild Keras 3 layer {layer.name!r} ({type(layer).__module__}.{name}) as a "
-            "tf_keras layer: only built-in Keras layers are translated. Build the model with "
-            "tf_keras, or replace the layer.")
+            "tf_keras layer: only built-in Keras layers and registered custom layers are "
+            f"translated. Register an equivalent with tfp_bnn.register_layer({name}, "
+            "lambda layer: <a tf_keras layer>), or build the model with tf_keras.")
     config = to_tf_keras_config(layer.get_config())
     accepted = _accepted_kwargs(cls)
     for key in list(config):
@@ -191,9 +196,8 @@ def _new_layer(layer):
                 raise ValueError(
                     f"Keras 3 layer {layer.name!r} ({name}) has {key}={value!r}, which tf_keras "
                     f"{name} does not support.")
-    if config.get("activation") is not None:
-        config["activation"] = tf_keras.activations.serialize(
-            tf_keras.activations.get(config["activation"]))
+    if "activation" in config:
+        config["activation"] = ops.activation(config["activation"], keras3=True)
     return cls.from_config(config)
 
 
@@ -305,7 +309,7 @@ class _Replayer:
         if isinstance(layer, (tf_keras.layers.Layer,) + _keras3_layer_class()):
             call = self.call_for(layer)
         else:
-            call = _operation_call(layer)
+            call = _operation_call(layer, node_index)
         out = call(*new_args, **new_kwargs)
         for src, new in zip(tf.nest.flatten(node.outputs), tf.nest.flatten(out)):
             memo[id(src)] = new
@@ -326,9 +330,24 @@ def _node_arguments(node):
     return node.arguments.args, kwargs
 
 
-def _operation_call(operation):
-    """What stands in for a recorded Keras 3 operation that is not a layer (``x + y``, ops.*)."""
-    raise ValueError(
-        f"The model calls {type(operation).__name__} {getattr(operation, 'name', operation)!r}, "
-        "a Keras 3 operation that is not a layer; use the equivalent layer (e.g. layers.Add "
-        "instead of x + y) so it can be rebuilt in tf_keras.")
+def _operation_call(operation, node_index):
+    """What stands in for a recorded Keras 3 operation that is not a layer (``x + y``, ops.*).
+
+    The operation becomes an `tfp_bnn.ops.Operation` layer (`tfp_bnn.ops.TABLE` holds its
+    TensorFlow translation); an operation not in the table is an error naming it.
+    """
+    key = ops.operation_key(operation)
+    name = operation.name if node_index == 0 else f"{operation.name}_{node_index}"
+    if key not in ops.TABLE:
+        raise ValueError(
+            f"The model calls the Keras 3 operation {key} (node {name!r}), which "
+            "tfp_bnn.ops.TABLE does not translate to TensorFlow. Replace it by a built-in layer, "
+            "or wrap it in a custom Keras 3 layer and register a tf_keras equivalent with "
+            "tfp_bnn.register_layer, or build the model with tf_keras.")
+    attributes = {k: v for k, v in operation.get_config().items() if k != "name"}
+
+    def call(*args, **kwargs):
+        layer, tensors = ops.Operation.of(key, args, kwargs, attributes, name)
+        return layer(tensors)
+
+    return call
