@@ -42,6 +42,7 @@ import numpy as np
 
 from tfp_bnn import metrics
 from tfp_bnn._keras import keras3, tf, tf_keras
+from tfp_bnn.losses import GaussianNLL
 from tfp_bnn.options import Task, choice
 
 __all__ = ["Task", "get", "resolve", "infer", "declare", "declared", "from_loss",
@@ -288,12 +289,15 @@ _LOSS_NAMES = {
 }
 
 
+def _loss_modules():
+    # Keras 3 only once imported: a Keras 3 loss can only exist then (see `_keras.keras3`).
+    return [tf_keras.losses] + ([keras3().losses] if keras3() is not None else [])
+
+
 def _loss_table():
     """{loss class or function: task} for tf_keras and, once imported, Keras 3."""
-    from tfp_bnn.losses import GaussianNLL
     table = {GaussianNLL: Task.GAUSSIAN}
-    modules = [tf_keras.losses] + ([keras3().losses] if keras3() is not None else [])
-    for module in modules:
+    for module in _loss_modules():
         for task, names in _LOSS_NAMES.items():
             for name in names:
                 obj = getattr(module, name, None)
@@ -309,7 +313,7 @@ def _loss_object(loss, table):
     elif isinstance(loss, dict):
         loss = next(iter(loss.values()), None)
     if isinstance(loss, str):
-        for module in [tf_keras.losses] + ([keras3().losses] if keras3() is not None else []):
+        for module in _loss_modules():
             try:
                 fn = module.get(loss)
             except (ValueError, TypeError):
