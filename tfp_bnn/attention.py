@@ -190,11 +190,19 @@ class _BayesianAttention:
             raise ValueError(f"Layer {self.name!r} expects {start} source weights. "
                              f"Received: {len(weights)} arrays")
 
+    @classmethod
+    def from_config(cls, config):
+        # Keras' from_config pops the shapes out of the dict it is given: give it a copy.
+        return super().from_config(dict(config))
+
     def get_config(self):
         config = super().get_config()
         for key in UNSUPPORTED_OPTIONS:
             if config.get(key, 0) is None:
                 del config[key]
+        for key in ("query_shape", "key_shape", "value_shape"):
+            if config.get(key) is not None:  # plain lists: the config stays JSON
+                config[key] = tf.TensorShape(config[key]).as_list()
         config.update({"prior": priors_lib.serialize(self.prior),
                        "posterior": self.posterior.get_config(),
                        "kl_weight": self.base_kl_weight, "seed": self.seed})

@@ -155,7 +155,9 @@ class KernelLayer(BayesianLayer):
             return super().posterior_variances()
         variance = tf.concat([tf.reshape(tf.square(tf.convert_to_tensor(q.distribution.scale)),
                                          [-1]) for _, q in kernels], 0)
-        return variance, super().posterior_variances()[1]
+        bias = (tf.square(tf.convert_to_tensor(self._bias_posterior().distribution.scale))
+                if self._has_bias_noise() else None)
+        return variance, bias
 
     def _given_variance(self, name, ctx):
         kernels = self._kernels()
