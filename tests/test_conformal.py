@@ -92,6 +92,10 @@ def test_intervals_of_both_regression_scores():
     lo, hi = intervals(mean, var, np.float32(-0.5), "cqr", alpha=0.1)
     np.testing.assert_allclose(lo, [[1.0 - 2 * z + 0.5, 2.0 - z + 0.5]], rtol=1e-6)
     np.testing.assert_allclose(hi, [[1.0 + 2 * z - 0.5, 2.0 + z - 0.5]], rtol=1e-6)
+    # A q below -z std would invert the interval: it is the point [mean, mean] instead.
+    lo, hi = intervals(mean, var, np.float32(-2.0), "cqr", alpha=0.1)
+    np.testing.assert_allclose(lo, [[1.0 - 2 * z + 2.0, 2.0]], rtol=1e-6)
+    np.testing.assert_allclose(hi, [[1.0 + 2 * z - 2.0, 2.0]], rtol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------

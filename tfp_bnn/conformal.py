@@ -17,7 +17,7 @@ continuous, randomised scores). Scores, with ``p`` the (calibrated) predictive p
     "normalized": s = |y - mean| / std, std = sqrt(epistemic + aleatoric variance);
                   C(x) = [mean - q std, mean + q std]
     "cqr" (Gaussian head): with z = Phi^-1(1 - alpha/2), s = |y - mean| - z std;
-                  C(x) = [mean - z std - q, mean + z std + q]                (Romano et al. 2019)
+                  C(x) = mean -+ max(z std + q, 0)                          (Romano et al. 2019)
 
 The scores and sets are TF ops over the summary tensors: `tfp_bnn.predict` computes them in its
 compiled graph, `tfp_bnn.export_savedmodel` in the served one (outputs ``prediction_set`` or
@@ -114,12 +114,16 @@ def prediction_sets(probabilities, q, score, u=None, k_reg=1, lam=0.0):
 def intervals(mean, variance, q, score, alpha=None):
     """``(lower, upper)`` [B, D] of the "normalized" or "cqr" score at quantile ``q`` [D] (TF ops).
 
-        normalized: mean -+ q std;   cqr: mean -+ (Phi^-1(1 - alpha/2) std + q)
+        normalized: mean -+ q std;   cqr: mean -+ max(Phi^-1(1 - alpha/2) std + q, 0)
+
+    A negative CQR q empties the interval where ``z std < -q``; it is returned as the point
+    ``[mean, mean]`` (a superset of the empty set, so coverage is unchanged for continuous y)
+    rather than an inverted interval.
     """
     score = options.choice("score", score, ConformalScore)
     std = tf.sqrt(tf.cast(variance, tf.float32))
     if score is ConformalScore.CQR:
-        half = _normal_quantile(alpha) * std + q
+        half = tf.maximum(_normal_quantile(alpha) * std + q, 0.0)
     else:
         half = q * std
     mean = tf.cast(mean, tf.float32)
