@@ -9,9 +9,17 @@ Laplace prior precision). `tfp_bnn.predict`, `tfp_bnn.export_savedmodel` and
 `tfp_bnn.callbacks.MCValidation.evaluate` call it on their model argument.
 
 Example:
-    >>> ens = tfp_bnn.DeepEnsemble(build, num_members=5); ens.fit(x, y, epochs=50)
-    >>> tfp_bnn.predict(ens, x_test, num_samples=5)          # no as_model() needed
-    >>> tfp_bnn.predict(tfp_bnn.laplace(model, x, y), x_test)
+    >>> def build():
+    ...     model = tf_keras.Sequential([tf_keras.Input((2,)), tf_keras.layers.Dense(3)])
+    ...     model.compile("adam", tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    ...     return model
+    >>> x, y = np.zeros((8, 2), np.float32), np.zeros(8)
+    >>> ens = tfp_bnn.DeepEnsemble(build, num_members=2)
+    >>> _ = ens.fit(x, y, epochs=1, verbose=0)
+    >>> tfp_bnn.predict(ens, x, num_samples=2).probabilities.shape   # no as_model() needed
+    (8, 3)
+    >>> predictive_model(ens) is predictive_model(ens)                # built once
+    True
 """
 import typing
 import weakref

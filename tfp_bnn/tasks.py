@@ -32,8 +32,11 @@ logits (`outputs_probabilities`); its strategy (``get(task, probabilities=True)`
 ``p`` and every formula above holds.
 
 Example:
-    >>> resolve(model)                       # Task.BINARY for Dense(1) + BinaryCrossentropy
-    >>> get("binary").summary(logit_samples)["probabilities"].shape
+    >>> model = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(1)])
+    >>> model.compile("adam", tf_keras.losses.BinaryCrossentropy(from_logits=True))
+    >>> resolve(model) == Task.BINARY == "binary"
+    True
+    >>> get("binary").summary(tf.zeros([10, 32, 1]))["probabilities"].shape
     TensorShape([32, 2])
 """
 import weakref
