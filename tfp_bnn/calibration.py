@@ -29,11 +29,16 @@ stay the model's (the temperature acts after the average, on no single sample), 
 "samples" every field is that of the scaled logits. For "variance" the total, epistemic and
 aleatoric variances are all scaled by s.
 
-Example:
-    >>> cal = tfp_bnn.calibrate(bnn, x_val, y_val, method="temperature")
-    >>> cal.temperature, cal.validation_nll                 # (0.25, (0.14, 0.02))
-    >>> tfp_bnn.predict(cal, x_test).probabilities          # calibrated
-    >>> tfp_bnn.export_savedmodel(cal, "savedmodels/digits_cal")
+Example (a model that outputs its input as logits; a BNN is calibrated the same way):
+    >>> model = tf_keras.Sequential([tf_keras.Input((2,)), tf_keras.layers.Dense(
+    ...     2, use_bias=False, kernel_initializer="identity")])
+    >>> z = np.array([[3., 0.], [0., 3.], [3., 0.], [0., 3.]], np.float32)
+    >>> cal = tfp_bnn.calibrate(model, z, [0, 1, 1, 1], num_samples=1)  # one of four wrong
+    >>> round(cal.temperature, 2)                                      # softer than T = 1
+    1.81
+    >>> tfp_bnn.predict(cal, z[:2], num_samples=1).probabilities.round(3)
+    array([[0.84, 0.16],
+           [0.16, 0.84]], dtype=float32)
 
 References:
     Guo et al., "On Calibration of Modern Neural Networks", ICML 2017 (temperature and vector
@@ -275,8 +280,12 @@ def calibrate(model, x_val, y_val, method="temperature", target="predictive", nu
         `tfp_bnn.conformal`.
 
     Example:
-        >>> cal = tfp_bnn.calibrate(bnn, x_val, y_val)
-        >>> tfp_bnn.predict(cal, x_test, num_samples=100).probabilities
+        >>> model = tf_keras.Sequential([tf_keras.Input((2,)), tf_keras.layers.Dense(
+        ...     2, use_bias=False, kernel_initializer="identity")])     # logits in, logits out
+        >>> z = np.array([[3., 0.], [0., 3.], [3., 0.], [0., 3.]], np.float32)
+        >>> cal = calibrate(model, z, [0, 1, 1, 1], num_samples=1)
+        >>> [round(v, 3) for v in cal.validation_nll]                   # NLL before, after
+        [0.799, 0.589]
 
     References:
         Guo et al., "On Calibration of Modern Neural Networks", ICML 2017.

@@ -24,10 +24,19 @@ compiled graph, `tfp_bnn.export_savedmodel` in the served one (outputs ``predict
 ``interval_lower``/``interval_upper``, and a ``predict_with_alpha`` signature taking ``alpha``).
 Regression outputs are calibrated each on its own (one q per output dimension).
 
-Example:
-    >>> conf = tfp_bnn.conformal(bnn, x_cal, y_cal, alpha=0.1)          # "aps"
-    >>> p = tfp_bnn.predict(conf, x_test)
-    >>> p.prediction_sets.mean(0), tfp_bnn.metrics.empirical_coverage(p.prediction_sets, y)
+Example (a model that outputs its input as logits, labels drawn from its softmax):
+    >>> model = tf_keras.Sequential([tf_keras.Input((3,)), tf_keras.layers.Dense(
+    ...     3, use_bias=False, kernel_initializer="identity")])
+    >>> rng = np.random.default_rng(0)
+    >>> z = rng.normal(scale=2.0, size=(300, 3)).astype(np.float32)
+    >>> y = np.array([rng.choice(3, p=np.exp(r) / np.exp(r).sum()) for r in z])
+    >>> conf = tfp_bnn.conformal(model, z[:200], y[:200], alpha=0.1, num_samples=1)  # APS
+    >>> p = tfp_bnn.predict(conf, z[200:], num_samples=1, seed=0)
+    >>> round(tfp_bnn.metrics.empirical_coverage(p.prediction_sets, y[200:]), 2)
+    0.91
+    >>> p.prediction_sets[:2]
+    array([[ True, False,  True],
+           [ True, False, False]])
 
 References:
     Vovk et al., "Algorithmic Learning in a Random World", 2005; Lei et al., "Distribution-free
@@ -47,7 +56,8 @@ from tfp_bnn.options import ConformalScore, Task
 from tfp_bnn.predict import predict as mc_predict
 
 __all__ = ["Conformal", "conformal", "quantile_index", "conformal_quantile", "class_scores",
-           "prediction_sets", "intervals", "calibration_scores", "minimum_calibration_size", "SERVED_CLASSIFICATION", "SERVED_REGRESSION"]
+           "prediction_sets", "intervals", "calibration_scores", "minimum_calibration_size",
+           "SERVED_CLASSIFICATION", "SERVED_REGRESSION"]
 
 SERVED_CLASSIFICATION = {"prediction_set": "prediction_sets"}
 SERVED_REGRESSION = {"interval_lower": "interval_lower", "interval_upper": "interval_upper"}
@@ -284,8 +294,12 @@ def conformal(model, x_cal, y_cal, alpha=0.1, score=None, randomized=True, k_reg
         A `Conformal`, accepted by `tfp_bnn.predict` and `tfp_bnn.export_savedmodel`.
 
     Example:
-        >>> conf = tfp_bnn.conformal(tfp_bnn.calibrate(bnn, x_val, y_val), x_cal, y_cal)
-        >>> tfp_bnn.predict(conf, x_test).prediction_sets          # bool [B, C]
+        >>> model = tf_keras.Sequential([tf_keras.Input((3,)), tf_keras.layers.Dense(
+        ...     3, use_bias=False, kernel_initializer="identity")])     # logits in, logits out
+        >>> z = np.random.default_rng(1).normal(scale=2.0, size=(20, 3)).astype(np.float32)
+        >>> conf = conformal(model, z, z.argmax(1), alpha=0.1, score="lac", num_samples=1)
+        >>> str(conf.score), conf.scores.shape                     # 20 sorted scores
+        ('lac', (20,))
     """
     if isinstance(model, Conformal):
         raise ValueError(f"model is already conformal ({model!r}): pass the model (or its "
