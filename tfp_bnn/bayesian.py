@@ -17,8 +17,11 @@ math (the three calls of the `tfp_bnn.sampling.StochasticLayer` protocol). The b
 * `BayesianLayer.posterior_variances`, what the SavedModel export precomputes.
 
 Example:
-    >>> layer = tfp_bnn.layers.DenseFlipout(3, kl_weight=1 / 120)
-    >>> layer.init_from_weights(keras_dense.get_weights(), MeanField(moped_delta=0.1))
+    >>> dense, layer = tf_keras.layers.Dense(3), tfp_bnn.layers.DenseFlipout(3, kl_weight=1 / 120)
+    >>> _ = dense(tf.ones([1, 2])), layer(tf.ones([1, 2]))
+    >>> layer.init_from_weights(dense.get_weights(), posteriors_lib.MeanField(moped_delta=0.1))
+    >>> [name for name, _, _ in layer.weight_posteriors()], len(layer.losses)
+    (['kernel', 'bias'], 1)
 
 References:
     Blundell et al., "Weight Uncertainty in Neural Networks", ICML 2015.
@@ -175,7 +178,13 @@ class BayesianLayer(sampling.StochasticLayer):
                 layer's own.
 
         Example:
-            >>> bayes.init_from_weights(dense.get_weights(), MeanField(moped_delta=0.1))
+            >>> dense, bayes = tf_keras.layers.Dense(2), tfp_bnn.layers.DenseReparameterization(2)
+            >>> _ = dense(tf.ones([1, 3])), bayes(tf.ones([1, 3]))
+            >>> moped = posteriors_lib.MeanField(moped_delta=0.1)
+            >>> bayes.init_from_weights(dense.get_weights(), moped)
+            >>> q = bayes.kernel_posterior.distribution
+            >>> np.allclose(q.loc, dense.kernel), np.allclose(q.scale, 0.1 * np.abs(dense.kernel))
+            (True, True)
         """
         posterior = self.posterior if posterior is None else posteriors_lib.get(posterior)
         parts = self.weight_posteriors()

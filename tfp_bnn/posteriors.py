@@ -7,8 +7,11 @@ The softplus keeps sigma positive without constraints; its inverse sets rho from
 
 Example:
     >>> MeanField(init_scale=0.01)                       # mu from the layer's kernel_initializer
-    >>> MeanField(from_weights=True)                     # mu = the source model's trained weights
-    >>> MeanField(from_weights=True, moped_delta=0.1)    # MOPED: sigma = 0.1 * |w|
+    MeanField(init_scale=0.01, from_weights=False, moped_delta=None, bayesian_bias=False)
+    >>> MeanField(from_weights=True).scale_for(np.array([0.5, -2.0]))  # mu = trained weights
+    array([0.05, 0.05])
+    >>> MeanField(moped_delta=0.1).scale_for(np.array([0.5, -2.0]))    # MOPED: 0.1 * |w|
+    array([0.05, 0.2 ])
 
 References:
     Blundell et al., "Weight Uncertainty in Neural Networks", ICML 2015.

@@ -24,9 +24,18 @@ Every Gaussian matmul (VI Dense, SWAG) samples through `gaussian_matmul`, which 
 output-space / weight-space choice.
 
 Example:
-    >>> with mc_sampling(10, seed=tf.constant([0, 1], tf.int64)):
-    ...     y = model(tf.tile(x, [10, 1]))          # [10 * B, ...], reproducible
-    >>> is_stochastic(model), [l.name for l in stochastic_layers(model)]
+    >>> model = tfp_bnn.bayesify(tf_keras.Sequential([tf_keras.Input((2,)),
+    ...                                               tf_keras.layers.Dense(3)]), kl_weight=1.0)
+    >>> x, seed = tf.ones([4, 2]), tf.constant([0, 1], tf.int64)
+    >>> with mc_sampling(10, seed=seed):
+    ...     y = model(tf.tile(x, [10, 1]))          # [10 * B, ...]: copy s uses draw s
+    >>> sample_outputs(model, x, 10, seed=seed).shape
+    TensorShape([10, 4, 3])
+    >>> a, b = sample_outputs(model, x, 10, seed), sample_outputs(model, x, 10, seed)
+    >>> bool(tf.reduce_all(a == b))                 # seeded: reproducible
+    True
+    >>> is_stochastic(model), [type(l).__name__ for l in stochastic_layers(model)]
+    (True, ['DenseFlipout'])
 """
 import contextlib
 import functools
