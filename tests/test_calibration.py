@@ -216,6 +216,15 @@ def test_export_serves_the_calibrated_probabilities(logits, tmp_path):
     assert json.loads(loaded.post_hoc.numpy())["temperature"] == pytest.approx(cal.temperature)
 
 
+def test_a_calibrated_teacher_distils_its_calibrated_probabilities(logits):
+    z, y = logits
+    cal = tfp_bnn.calibrate(_identity(4, "teacher"), z[:300], y[:300], num_samples=1)
+    student = _identity(4, "student")
+    result = tfp_bnn.distill(cal, student, z[:64], num_samples=1, epochs=1, seed=0)
+    np.testing.assert_allclose(result.teacher_probabilities, _softmax(z[:64] / cal.temperature),
+                               rtol=1e-4, atol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad input
 # ---------------------------------------------------------------------------------------------

@@ -370,7 +370,9 @@ def distill(teacher, student, x, num_samples=100, epochs=100, batch_size=32,
         seed = _check_int("seed", seed, 0)
     if verbose not in (0, 1):
         raise ValueError(f"verbose must be 0 or 1. Received: verbose={verbose!r}")
-    teacher = methods.predictive_model(teacher, "teacher")
+    # predict takes the teacher as given: a calibrated one (tfp_bnn.calibrate) gives calibrated
+    # soft targets, which its predictive model alone would not.
+    source, teacher = teacher, methods.predictive_model(teacher, "teacher")
     task = _check_pair(teacher, student)
     x = _check_inputs("x", x, student)
     if unlabeled_x is not None:
@@ -393,7 +395,7 @@ def distill(teacher, student, x, num_samples=100, epochs=100, batch_size=32,
     with warnings.catch_warnings():
         # predict's own "no stochastic layer" warning would repeat the one above.
         warnings.filterwarnings("ignore", message=".*has no stochastic layer", category=UserWarning)
-        pred = mc_predict(teacher, inputs, num_samples=num_samples, batch_size=_PREDICT_BATCH_SIZE,
+        pred = mc_predict(source, inputs, num_samples=num_samples, batch_size=_PREDICT_BATCH_SIZE,
                           seed=seed, verbose=0)
     targets = pred.probabilities.astype(np.float32)
     target_mi = pred.mutual_information.astype(np.float32)
