@@ -428,19 +428,17 @@ def test_layers_of_a_wrong_type():
         tfp_bnn.bayesify(_mlp(), kl_weight=1.0, layers=3)
 
 
+# (Transposed, depthwise, separable and grouped convolutions convert: tests/test_applications.py.)
 @pytest.mark.parametrize("make, cls, reason, shape", [
-    (lambda: L.Conv2DTranspose(2, 3, name="bad"), "Conv2DTranspose", "no Bayesian transposed",
-     (6, 6, 4)),
-    (lambda: L.DepthwiseConv2D(3, name="bad"), "DepthwiseConv2D", "no Bayesian depthwise",
-     (6, 6, 4)),
-    (lambda: L.Conv2D(4, 3, groups=2, name="bad"), "Conv2D", "groups=2", (6, 6, 4)),
     (lambda: L.Conv2D(2, 3, kernel_constraint="max_norm", name="bad"), "Conv2D",
      "kernel_constraint=.*do not support kernel constraints", (6, 6, 4)),
     (lambda: L.Conv2D(2, 3, kernel_regularizer="l2", name="bad"), "Conv2D",
      "kernel_regularizer=.*use the prior", (6, 6, 4)),
     (lambda: L.Conv1D(2, 3, padding="causal", name="bad"), "Conv1D",
      "padding='causal': TFP convolutions support only 'valid' and 'same'", (6, 4)),
-], ids=["transpose", "depthwise", "groups", "constraint", "regularizer", "causal"])
+    (lambda: L.DepthwiseConv2D(3, depthwise_regularizer="l2", name="bad"), "DepthwiseConv2D",
+     "depthwise_regularizer=.*use the prior", (6, 6, 4)),
+], ids=["constraint", "regularizer", "causal", "depthwise_regularizer"])
 def test_layers_tfp_cannot_express(make, cls, reason, shape):
     inp = tf_keras.Input(shape)
     x = make()(inp)

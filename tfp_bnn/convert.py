@@ -21,36 +21,33 @@ from tfp_bnn import layers as bl
 from tfp_bnn import options
 from tfp_bnn import posteriors as posteriors_lib
 from tfp_bnn import priors as priors_lib
-from tfp_bnn import replay, rnn, tasks
+from tfp_bnn import kernel_layer, replay, rnn, tasks
 from tfp_bnn._keras import tf_keras
 from tfp_bnn.elbo import BayesianModel, kl_weight_from
 from tfp_bnn.options import Estimator
 
 __all__ = ["bayesify", "ESTIMATORS"]
 
-# The registry bayesify dispatches on: estimator -> source layer kind (`replay.kind`) -> the
+# The kinds whose Bayesian classes (`tfp_bnn.conv_kinds`, `tfp_bnn.attention`) take the tf_keras
+# constructor as it is: built from the source layer's own (translated) config.
+_KERNEL_KINDS = replay.KERNEL_KINDS + ("GroupedConv1D", "GroupedConv2D", "GroupedConv3D")
+_TFP_CONV_KINDS = ("Conv1D", "Conv2D", "Conv3D")
+
+# The registry bayesify dispatches on: estimator -> source layer kind (`_kind`) -> the
 # Bayesian class. A kind missing under an estimator is a clear error naming both.
 ESTIMATORS = {
     Estimator.FLIPOUT: {
         "Dense": bl.DenseFlipout, "Conv1D": bl.Conv1DFlipout, "Conv2D": bl.Conv2DFlipout,
         "Conv3D": bl.Conv3DFlipout, "LSTM": bl.LSTMFlipout, "GRU": bl.GRUFlipout,
-        "SimpleRNN": bl.SimpleRNNFlipout},
+        "SimpleRNN": bl.SimpleRNNFlipout,
+        **{kind: getattr(bl, kind + "Flipout") for kind in _KERNEL_KINDS}},
     Estimator.REPARAMETERIZATION: {
         "Dense": bl.DenseReparameterization, "Conv1D": bl.Conv1DReparameterization,
         "Conv2D": bl.Conv2DReparameterization, "Conv3D": bl.Conv3DReparameterization,
         "LSTM": bl.LSTMReparameterization, "GRU": bl.GRUReparameterization,
-        "SimpleRNN": bl.SimpleRNNReparameterization},
+        "SimpleRNN": bl.SimpleRNNReparameterization,
+        **{kind: getattr(bl, kind + "Reparameterization") for kind in _KERNEL_KINDS}},
     Estimator.LOCAL_REPARAMETERIZATION: {"Dense": bl.DenseLocalReparameterization},
-}
-# Subclasses of Conv that a mean-field TFP layer cannot express (checked before Conv itself).
-_UNSUPPORTED = {
-    "Conv1DTranspose": "TFP has no Bayesian transposed convolution",
-    "Conv2DTranspose": "TFP has no Bayesian transposed convolution",
-    "Conv3DTranspose": "TFP has no Bayesian transposed convolution",
-    "DepthwiseConv1D": "TFP has no Bayesian depthwise convolution",
-    "DepthwiseConv2D": "TFP has no Bayesian depthwise convolution",
-    "SeparableConv1D": "TFP has no Bayesian separable convolution",
-    "SeparableConv2D": "TFP has no Bayesian separable convolution",
 }
 # Config keys whose non-default values a TFP layer cannot reproduce.
 _UNFAITHFUL = {
@@ -59,20 +56,28 @@ _UNFAITHFUL = {
     "kernel_constraint": "TFP variational layers do not support kernel constraints",
     "bias_constraint": "TFP variational layers do not support bias constraints",
     "lora_rank": "LoRA-adapted layers cannot be converted",
+    **{key: "a weight regularizer or constraint has no meaning on a distribution; use the prior"
+       for key in kernel_layer.UNSUPPORTED_OPTIONS if key.startswith(("depthwise", "pointwise"))},
 }
+
+
+def _kind(layer):
+    """The `ESTIMATORS` key of a source layer: its `replay.kind`, "GroupedConv2D" for a
+    Conv2D with groups > 1 (and so on), None for a layer of no convertible kind."""
+    kind = replay.kind(layer)
+    if kind in _TFP_CONV_KINDS and layer.get_config().get("groups", 1) != 1:
+        return "Grouped" + kind
+    return kind
 
 
 def _why_not(layer, estimator):
     """Reason a selected layer cannot become faithfully Bayesian, or None when it can."""
-    name = type(layer).__name__
-    if name in _UNSUPPORTED:
-        return _UNSUPPORTED[name]
-    kind = replay.kind(layer)
+    kind = _kind(layer)
     if kind is None:
-        return "it is not a built-in Dense/Conv1D/Conv2D/Conv3D/LSTM/GRU/SimpleRNN layer"
+        return f"it is not a built-in layer of a convertible kind ({', '.join(replay.KINDS)})"
     if kind not in ESTIMATORS[estimator]:
-        return (f"estimator={str(estimator)!r}: TFP has no local-reparameterization {kind} layer "
-                "(local reparameterization "
+        return (f"estimator={str(estimator)!r}: TFP has no local-reparameterization {kind} "
+                "layer (local reparameterization "
                 "exists only for Dense); use estimator='flipout' or 'reparameterization', or "
                 "exclude the layer with layers=")
     config = layer.get_config()
@@ -81,9 +86,8 @@ def _why_not(layer, estimator):
     for key, why in _UNFAITHFUL.items():
         if config.get(key) not in (None, 0):
             return f"{key}={config.get(key)!r}: {why}"
-    if config.get("groups", 1) != 1:
-        return f"groups={config['groups']}: TFP convolutions have no grouped form"
-    if str(config.get("padding", "valid")).lower() not in ("valid", "same"):
+    if kind in _TFP_CONV_KINDS and str(config.get("padding", "valid")).lower() not in (
+            "valid", "same"):
         return f"padding={config['padding']!r}: TFP convolutions support only 'valid' and 'same'"
     return None
 
@@ -93,8 +97,7 @@ def _is_convertible_class(layer):
         return _is_convertible_class(_wrapped_rnn(layer))
     if _wrapped_dense(layer) is not None:
         return True
-    return (type(layer).__name__ in _UNSUPPORTED or replay.kind(layer) is not None
-            or replay.subclasses_a_kind(layer))
+    return replay.kind(layer) is not None or replay.subclasses_a_kind(layer)
 
 
 def _wrapped_dense(layer):
@@ -155,9 +158,11 @@ class _Bayesify:
         return replay.Replacement(new, copy_weights if self.posterior.from_weights else None)
 
     def _bayesian(self, layer, name=None):
-        config = replay.to_tf_keras_config(layer.get_config())
-        kind = replay.kind(layer)
+        kind = _kind(layer)
         cls = ESTIMATORS[self.estimator][kind]
+        if kind in _KERNEL_KINDS:
+            return self._kernel_layer(cls, layer, name)
+        config = replay.to_tf_keras_config(layer.get_config())
         common = dict(
             name=name or config["name"], trainable=config.get("trainable", True),
             # The variable dtype: float64 stays float64. Under a mixed policy ("mixed_float16",
@@ -182,6 +187,20 @@ class _Bayesify:
                    strides=config.get("strides", 1), padding=config.get("padding", "valid"),
                    data_format=config.get("data_format") or "channels_last",
                    dilation_rate=config.get("dilation_rate", 1), **common)
+
+    def _kernel_layer(self, cls, layer, name):
+        """A `tfp_bnn.kernel_layer` kind: the tf_keras constructor from the source's config."""
+        config = replay.tf_keras_config(layer)
+        # Regularizers and constraints are None here (`_why_not`); tf_keras MultiHeadAttention
+        # configs carry the shapes it was built with, which its constructor does not take (the
+        # replay's call builds it).
+        for key in kernel_layer.UNSUPPORTED_OPTIONS + ("query_shape", "key_shape",
+                                                       "value_shape"):
+            config.pop(key, None)
+        # float32 under a mixed policy, as `_bayesian` explains.
+        config.update(name=name or config["name"], dtype=str(layer.dtype))
+        return cls(**config, prior=self.prior, posterior=self.posterior,
+                   kl_weight=self.kl_weight)
 
     def _bidirectional(self, layer):
         """Bidirectional(Bayesian RNN) with both directions converted (weights copied later)."""
@@ -260,7 +279,9 @@ def bayesify(model, estimator="flipout", prior="normal", posterior=None, num_tra
     posterior = posteriors_lib.get(posterior)
     weight = kl_weight_from(num_train_examples, kl_weight)
     select = _selector(model, layers)
-    task = tasks.infer(model) if task is None else tasks.resolve(model, task)
+    graph = replay.has_graph(model)
+    if graph:
+        task = tasks.infer(model) if task is None else tasks.resolve(model, task)
 
     if not any(_is_convertible_class(l) for l in replay.all_layers(model)):
         raise ValueError(f"model {model.name!r} has no Dense, Conv or RNN (LSTM/GRU/SimpleRNN) "
@@ -268,6 +289,9 @@ def bayesify(model, estimator="flipout", prior="normal", posterior=None, num_tra
 
     hook = _Bayesify(estimator, prior, posterior, weight, select)
     new_model = replay.replay(model, hook, model_class=BayesianModel)
+    if not graph:  # a subclassed model's output is seen on its rebuilt graph
+        task = (tasks.from_loss(getattr(model, "loss", None)) or tasks.infer(new_model)
+                if task is None else tasks.resolve(new_model, task))
     if task is not None:
         tasks.declare(new_model, task)
     if not hook.converted:

@@ -36,12 +36,17 @@ from typing import Callable, NamedTuple, Optional
 from tfp_bnn import ops, registry
 from tfp_bnn._keras import is_keras3_model, is_tf_keras_model, keras3, tf, tf_keras
 
-__all__ = ["KINDS", "RNN_KINDS", "Replacement", "replay", "copy", "kind", "builtin",
-           "subclasses_a_kind", "is_model", "is_sequential", "all_layers", "output_layers",
-           "is_input_tensor", "to_tf_keras_config"]
+__all__ = ["KINDS", "RNN_KINDS", "KERNEL_KINDS", "Replacement", "replay", "copy", "kind", "builtin",
+           "subclasses_a_kind", "is_model", "has_graph", "is_sequential", "all_layers", "output_layers",
+           "is_input_tensor", "to_tf_keras_config", "tf_keras_config"]
 
 RNN_KINDS = ("LSTM", "GRU", "SimpleRNN")
-KINDS = ("Dense", "Conv1D", "Conv2D", "Conv3D") + RNN_KINDS
+# The kinds TFP has no layer for (tfp_bnn.conv_kinds, tfp_bnn.attention); a Conv1D/2D/3D with
+# groups > 1 is its own Bayesian kind too, told apart by its config (`tfp_bnn.convert`).
+KERNEL_KINDS = ("DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D",
+                "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose", "EinsumDense",
+                "MultiHeadAttention")
+KINDS = ("Dense", "Conv1D", "Conv2D", "Conv3D") + RNN_KINDS + KERNEL_KINDS
 # Graphs of a few thousand layers recurse deeper than Python's default limit of 1000.
 _RECURSION_LIMIT = 20000
 
@@ -87,6 +92,14 @@ def subclasses_a_kind(layer):
 
 def is_model(obj):
     return is_tf_keras_model(obj) or is_keras3_model(obj)
+
+
+def has_graph(model):
+    """Whether ``model`` is a graph of layer calls (Sequential, Functional), not subclassed."""
+    k3 = keras3()
+    if k3 is not None and isinstance(model, k3.Model):
+        return _is_keras3_graph(model)
+    return getattr(model, "_is_graph_network", False) or is_sequential(model)
 
 
 def is_sequential(model):
@@ -179,6 +192,19 @@ def _new_layer(layer):
         return builder(layer)
     if isinstance(layer, tf_keras.layers.Layer):
         return type(layer).from_config(layer.get_config())
+    config = tf_keras_config(layer)
+    cls = getattr(tf_keras.layers, type(layer).__name__)
+    if cls is tf_keras.layers.MultiHeadAttention:
+        # tf_keras's from_config wants the shapes the layer was built with (Keras 3 configs
+        # have none); the replay's call builds it.
+        return cls(**config)
+    return cls.from_config(config)
+
+
+def tf_keras_config(layer):
+    """``layer``'s config as its tf_keras class reads it (a Keras 3 config translated)."""
+    if isinstance(layer, tf_keras.layers.Layer):
+        return layer.get_config()
     name = type(layer).__name__
     cls = getattr(tf_keras.layers, name, None)
     if cls is None or not type(layer).__module__.startswith("keras.src.layers."):
@@ -198,7 +224,7 @@ def _new_layer(layer):
                     f"{name} does not support.")
     if "activation" in config:
         config["activation"] = ops.activation(config["activation"], keras3=True)
-    return cls.from_config(config)
+    return config
 
 
 def copy(layer):
@@ -249,6 +275,7 @@ def replay(model, hook=None, model_class=None, name=None):
         new = replayer.model(model, model_class or tf_keras.Model, name or model.name)
     finally:
         sys.setrecursionlimit(old_limit)
+        replayer.untrace()
     for copy_weights in replayer.weight_copies:
         copy_weights()
     return new
@@ -259,6 +286,7 @@ class _Replayer:
         self.hook = hook
         self.calls = {}  # id(source layer) -> what is called in its place
         self.weight_copies = []
+        self.traced = []  # (layer, inbound nodes, outbound nodes) before a subclassed trace
 
     def call_for(self, layer):
         key = id(layer)
@@ -274,14 +302,7 @@ class _Replayer:
         return self.calls[key]
 
     def model(self, model, model_class, name):
-        try:
-            inputs = model.inputs
-        except (AttributeError, ValueError):
-            inputs = None
-        if not inputs:
-            raise ValueError(
-                f"model {model.name!r} has no defined inputs: build it first (give the first "
-                "layer an input shape, use keras.Input, or call model.build(input_shape)).")
+        inputs, outputs = self.graph(model)
         memo = {}
         new_inputs = []
         for t in inputs:
@@ -289,10 +310,68 @@ class _Replayer:
                                  name=t._keras_history[0].name)
             memo[id(t)] = new
             new_inputs.append(new)
-        new_outputs = [self.tensor(t, memo) for t in model.outputs]
+        new_outputs = [self.tensor(t, memo) for t in outputs]
         return model_class(inputs=new_inputs if len(new_inputs) > 1 else new_inputs[0],
                            outputs=new_outputs if len(new_outputs) > 1 else new_outputs[0],
                            name=name)
+
+    def graph(self, model):
+        """(inputs, outputs) symbolic tensors of ``model``'s graph of layer calls.
+
+        A tf_keras subclassed model has none: its ``call`` is traced on symbolic inputs of
+        the shapes it was called with, which records the calls of its attribute layers as
+        graph nodes of those layers; `untrace` removes the nodes again once replayed.
+        """
+        if has_graph(model):
+            try:
+                inputs = model.inputs
+            except (AttributeError, ValueError):
+                inputs = None
+            if inputs:
+                return inputs, model.outputs
+        if is_keras3_model(model):
+            raise ValueError(
+                f"model {model.name!r} is a subclassed Keras 3 model: its call() is Python code, "
+                "not a graph of layers that tfp_bnn can rebuild. Write it as a Functional model "
+                "(keras.Model(inputs, outputs)) or a Sequential, or as a tf_keras subclassed "
+                "model.")
+        if not is_sequential(model):
+            return self.trace(model)
+        raise ValueError(
+            f"model {model.name!r} has no defined inputs: build it first (give the first "
+            "layer an input shape, use keras.Input, or call model.build(input_shape)).")
+
+    def trace(self, model):
+        spec = model.save_spec(dynamic_batch=True)
+        if spec is None:
+            raise ValueError(
+                f"model {model.name!r} is a subclassed tf_keras model that was never called: "
+                "call it once on a batch (model(x)) so its input shapes are known.")
+        args, kwargs = spec
+        if kwargs or len(args) != 1:
+            raise ValueError(
+                f"model {model.name!r} is a subclassed tf_keras model whose call() takes "
+                f"{len(args)} positional and {sorted(kwargs)} keyword tensors; only one input "
+                "(a tensor or a nest of tensors) is traced. Write it as a Functional model.")
+        inputs = tf.nest.map_structure(
+            lambda s: tf_keras.Input(batch_shape=tuple(s.shape), dtype=s.dtype), args[0])
+        for layer in model._flatten_layers(include_self=False):
+            self.traced.append((layer, len(layer._inbound_nodes), len(layer._outbound_nodes)))
+        try:
+            outputs = model.call(inputs)
+        except Exception as err:
+            raise ValueError(
+                f"Cannot trace the call() of subclassed tf_keras model {model.name!r} on "
+                f"symbolic inputs ({err}). Write it as a Functional model "
+                "(tf_keras.Model(inputs, outputs)) or a Sequential.") from err
+        return tf.nest.flatten(inputs), tf.nest.flatten(outputs)
+
+    def untrace(self):
+        """Drop the nodes a subclassed trace added: the user's layers are as they were."""
+        for layer, inbound, outbound in self.traced:
+            del layer._inbound_nodes[inbound:]
+            del layer._outbound_nodes[outbound:]
+        self.traced = []
 
     def tensor(self, tensor, memo):
         """The new tensor standing for source ``tensor`` (replaying what produced it)."""
@@ -314,6 +393,12 @@ class _Replayer:
         for src, new in zip(tf.nest.flatten(node.outputs), tf.nest.flatten(out)):
             memo[id(src)] = new
         return memo[id(tensor)]
+
+
+def _is_keras3_graph(model):
+    k3 = keras3()
+    from keras.src.models.functional import Functional  # noqa: E402  (public only as Model)
+    return isinstance(model, (k3.Sequential, Functional))
 
 
 def _node_arguments(node):
