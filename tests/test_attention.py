@@ -210,7 +210,7 @@ def test_attention_refuses_regularizers():
         at.MultiHeadAttentionFlipout(2, 3, kernel_regularizer="l2")
 
 
-# --- every new kind through export_savedmodel, loaded without TFP -----------------------------------
+# --- every new kind through export_savedmodel, loaded without TFP----------------------------------
 def test_every_new_kind_exports_and_runs_in_a_fresh_process_without_tfp(tmp_path):
     from test_export import FRESH
 
@@ -238,3 +238,4 @@ def test_every_new_kind_exports_and_runs_in_a_fresh_process_without_tfp(tmp_path
         np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
         np.testing.assert_allclose(out[api]["deterministic"]["probabilities"],
                                    sampling.mean_outputs(model, x), rtol=1e-4, atol=1e-6)
+

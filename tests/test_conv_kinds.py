@@ -105,7 +105,7 @@ def test_mean_mode_is_the_keras_layer_and_moped_sets_the_scales(i):
                                        rtol=1e-5)
 
 
-# --- SAMPLE: copy s uses kernel draw s, exactly ----------------------------------------------------
+# --- SAMPLE: copy s uses kernel draw s, exactly----------------------------------------------------
 @pytest.mark.parametrize("i", range(len(KINDS)), ids=IDS)
 def test_sample_mode_copy_s_is_the_keras_layer_with_draw_s(i):
     """The stateless draws are re-made here in the layer's order (kernels, then bias)."""
@@ -127,7 +127,7 @@ def test_sample_mode_copy_s_is_the_keras_layer_with_draw_s(i):
         np.testing.assert_allclose(y[s], keras_layer(x), rtol=1e-5, atol=1e-5)
 
 
-# --- moments: each estimator against explicit kernel draws through the Keras layer -----------------
+# --- moments: each estimator against explicit kernel draws through the Keras layer-----------------
 N = 1500
 
 

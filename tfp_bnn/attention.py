@@ -28,8 +28,14 @@ key, value and output projections are built as Bayesian EinsumDense layers; each
 once per forward pass.
 
 Example:
-    >>> EinsumDenseFlipout("abc,cd->abd", output_shape=(None, 8), bias_axes="d")
-    >>> MultiHeadAttentionFlipout(num_heads=2, key_dim=4, kl_weight=1 / 5000)(x, x)
+    >>> dense = tfp_bnn.layers.EinsumDenseFlipout("abc,cd->abd", output_shape=(None, 8),
+    ...                                           bias_axes="d")
+    >>> dense(tf.ones([2, 5, 4])).shape
+    TensorShape([2, 5, 8])
+    >>> mha = tfp_bnn.layers.MultiHeadAttentionFlipout(num_heads=2, key_dim=4, kl_weight=1 / 5000)
+    >>> x = tf.ones([2, 5, 6])
+    >>> mha(x, x).shape, len(mha.losses)
+    (TensorShape([2, 5, 6]), 4)
 
 References:
     Wen et al., "Flipout", ICLR 2018.

@@ -20,8 +20,12 @@ A GroupedConv with ``groups=1`` is an ordinary convolution (`tfp_bnn.layers.Conv
 the TFP-based one).
 
 Example:
-    >>> DepthwiseConv2DFlipout(3, depth_multiplier=2, padding="same", kl_weight=1 / 5000)
-    >>> GroupedConv2DReparameterization(16, 3, groups=4, prior="laplace")
+    >>> layer = tfp_bnn.layers.DepthwiseConv2DFlipout(3, depth_multiplier=2, padding="same",
+    ...                                               kl_weight=1 / 5000)
+    >>> layer(tf.ones([1, 4, 4, 2])).shape
+    TensorShape([1, 4, 4, 4])
+    >>> tfp_bnn.layers.GroupedConv2DReparameterization(16, 3, groups=4, prior="laplace").groups
+    4
 
 References:
     Howard et al., "MobileNets", arXiv:1704.04861, 2017 (depthwise separable convolutions).
@@ -37,7 +41,8 @@ __all__ = [
     "SeparableConv1DReparameterization", "SeparableConv2DFlipout",
     "SeparableConv2DReparameterization", "GroupedConv1DFlipout", "GroupedConv1DReparameterization",
     "GroupedConv2DFlipout", "GroupedConv2DReparameterization", "GroupedConv3DFlipout",
-    "GroupedConv3DReparameterization", "Conv1DTransposeFlipout", "Conv1DTransposeReparameterization",
+    "GroupedConv3DReparameterization", "Conv1DTransposeFlipout",
+    "Conv1DTransposeReparameterization",
     "Conv2DTransposeFlipout", "Conv2DTransposeReparameterization", "Conv3DTransposeFlipout",
     "Conv3DTransposeReparameterization",
 ]

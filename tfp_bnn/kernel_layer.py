@@ -23,8 +23,10 @@ use S kernels in one call cheaper than S calls, see `tfp_bnn.layers`); a kind wi
 (EinsumDense: one einsum over the S stacked kernels) overrides `KernelLayer._sample_op`.
 
 Example:
-    >>> class DepthwiseConv2DFlipout(conv_kinds._Depthwise, tf_keras.layers.DepthwiseConv2D):
-    ...     _flipout = True
+    >>> layer = tfp_bnn.layers.SeparableConv2DFlipout(4, 3, kl_weight=0.01)
+    >>> _ = layer(tf.ones([1, 5, 5, 2]))
+    >>> [name for name, _, _ in layer.weight_posteriors()], len(layer.losses)
+    (['depthwise_kernel', 'pointwise_kernel', 'bias'], 2)
 
 References:
     Wen et al., "Flipout: Efficient Pseudo-Independent Weight Perturbations on Mini-Batches",
@@ -252,7 +254,7 @@ class KernelLayer(BayesianLayer):
 
         return tf.map_fn(one_sample, elems, fn_output_signature=xs.dtype)
 
-    # --- config -------------------------------------------------------------------------------------
+    # --- config------------------------------------------------------------------------------------
     def get_config(self):
         """The tf_keras parent's config plus prior, posterior, kl_weight and seed."""
         config = super().get_config()
