@@ -135,7 +135,7 @@ def test_bad_input_is_named():
     trainer = MultiFit([a, b], "mse")
     with pytest.raises(ValueError, match=r"weight_decay must be one number >= 0 or one per model \(2\)"):
         trainer.fit(x, y, epochs=1, weight_decay=[0.1, 0.2, 0.3])
-    with pytest.raises(ValueError, match="epochs must be an integer >= 1. Received: epochs=0"):
+    with pytest.raises(ValueError, match="epochs must be .*Received: epochs=0"):
         trainer.fit(x, y, epochs=0)
     with pytest.raises(ValueError, match=r"the models expect \(batch,\) \+ \(3,\)"):
         trainer.fit(x[:, :2], y, epochs=1)
