@@ -239,3 +239,26 @@ def test_every_new_kind_exports_and_runs_in_a_fresh_process_without_tfp(tmp_path
         np.testing.assert_allclose(out[api]["deterministic"]["probabilities"],
                                    sampling.mean_outputs(model, x), rtol=1e-4, atol=1e-6)
 
+
+
+def test_new_kinds_round_trip_through_the_keras_savedmodel_format(tmp_path):
+    inputs = tf_keras.Input((6, 6, 4))
+    h = ck.SeparableConv2DFlipout(4, 3, kl_weight=0.1)(inputs)
+    h = ck.GroupedConv2DReparameterization(4, 1, groups=2, kl_weight=0.1)(h)
+    h = tf_keras.layers.Reshape((16, 4))(h)
+    model = tfp_bnn.BayesianModel(inputs, at.MultiHeadAttentionFlipout(2, 2, kl_weight=0.1)(h, h))
+    x = np.random.default_rng(1).normal(size=(2, 6, 6, 4)).astype(np.float32)
+    model(x)
+    model.save(str(tmp_path / "saved"), save_format="tf")
+    loaded = tf_keras.models.load_model(str(tmp_path / "saved"))
+    assert [type(l) for l in loaded.layers] == [type(l) for l in model.layers]
+    assert_same_variables(model, loaded)
+    loaded(x)
+    assert len(loaded.losses) == 2 + 1 + 4
+    seed = tf.constant([4, 5], tf.int64)
+    for mode, s in (("mean", 1), ("sample", 3)):
+        outputs = []
+        for m in (loaded, model):  # one context each: a context numbers its draws in order
+            with sampling.mc_sampling(s, seed=seed, mode=mode):
+                outputs.append(m(np.concatenate([x] * s)))
+        np.testing.assert_array_equal(*outputs)
