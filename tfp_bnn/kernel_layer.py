@@ -19,8 +19,11 @@ independent of the others; the signs are shared by all positions of one example,
 one kernel as in the model. A layer with two kernels (separable convolutions) is two stages.
 
 The S-sample path runs the layer's op once per draw in one ``tf.map_fn`` (a convolution cannot
-use S kernels in one call cheaper than S calls, see `tfp_bnn.layers`); a kind with a batched op
-(EinsumDense: one einsum over the S stacked kernels) overrides `KernelLayer._sample_op`.
+use S kernels in one call cheaper than S calls, see `tfp_bnn.layers`; for a depthwise 3x3
+convolution, 32 channels, 16x16, B = 32, S = 10 on 2 CPU cores the S samples stacked into the
+channels of one depthwise op took 12.7 ms against the map_fn's 14.3 ms, not worth two
+transposes of every activation); a kind with a batched op (EinsumDense: one einsum over the S
+stacked kernels) overrides `KernelLayer._sample_op`.
 
 Example:
     >>> layer = tfp_bnn.layers.SeparableConv2DFlipout(4, 3, kl_weight=0.01)
