@@ -105,8 +105,12 @@ class MCValidation(tf_keras.callbacks.Callback):
         task: None (the model's task) or "multiclass", "binary", "regression", "gaussian".
 
     Example:
-        >>> MCValidation(x_val, y_val, num_samples=20).evaluate(ensemble)
-        {'predictive_entropy': ..., 'mutual_information': ..., 'nll': ..., 'accuracy': ...}
+        >>> tf_keras.utils.set_random_seed(0)
+        >>> model = tf_keras.Sequential([tf_keras.Input((2,)), tf_keras.layers.Dense(3)])
+        >>> bnn = tfp_bnn.bayesify(model, num_train_examples=8)
+        >>> x_val, y_val = np.zeros((4, 2), np.float32), np.array([0, 1, 2, 0])
+        >>> sorted(MCValidation(x_val, y_val, num_samples=5, seed=0).evaluate(bnn))
+        ['accuracy', 'mutual_information', 'nll', 'predictive_entropy']
     """
 
     def __init__(self, x, y=None, num_samples=20, seed=None, prefix="val_", task=None):

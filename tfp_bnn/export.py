@@ -42,9 +42,15 @@ small model the graph dominates: the Iris 4-64-64-3 MLP exports to about 2x that
 (``tests/test_export.py`` asserts <= 2.2x on a smaller one).
 
 Example:
+    >>> tf_keras.utils.set_random_seed(0)
+    >>> model = tf_keras.Sequential([tf_keras.Input((4,), name="features"),
+    ...                              tf_keras.layers.Dense(3)])
+    >>> bnn = tfp_bnn.bayesify(model, num_train_examples=100)
     >>> path = tfp_bnn.export_savedmodel(bnn, "savedmodels/iris_bnn", num_samples=10)
     >>> path
     'savedmodels/iris_bnn/1'
+    >>> tf.saved_model.load(path).task.numpy()
+    b'multiclass'
 
 References:
     TF Serving SavedModel warmup: https://www.tensorflow.org/tfx/serving/saved_model_warmup

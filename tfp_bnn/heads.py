@@ -21,8 +21,11 @@ Example:
     ...                              tf_keras.layers.Dense(50, activation="relu"),
     ...                              tf_keras.layers.Dense(2),      # loc, raw scale
     ...                              tfp_bnn.heads.GaussianHead()])
-    >>> bnn = tfp_bnn.bayesify(model, num_train_examples=len(x_train))
+    >>> bnn = tfp_bnn.bayesify(model, num_train_examples=100)
     >>> bnn.compile("adam", tfp_bnn.losses.GaussianNLL())
+    >>> pred = tfp_bnn.predict(bnn, np.zeros((5, 13), np.float32), num_samples=10, seed=0)
+    >>> pred.task, pred.mean.shape, bool((pred.aleatoric_variance > 0).all())
+    ('gaussian', (5, 1), True)
 
 References:
     Nix & Weigend, "Estimating the mean and variance of the target probability distribution",

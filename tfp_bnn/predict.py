@@ -21,9 +21,13 @@ std ("gaussian"):
 `DeepEnsemble` after fit, a `laplace` result, a `SWAG` callback after fit, a `distill` result.
 
 Example:
+    >>> tf_keras.utils.set_random_seed(0)
+    >>> model = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(3)])
+    >>> bnn = tfp_bnn.bayesify(model, num_train_examples=100)
+    >>> x_test = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32)
     >>> pred = tfp_bnn.predict(bnn, x_test, num_samples=100, seed=0)
-    >>> pred.probabilities.shape, pred.mutual_information.shape
-    ((30, 3), (30,))
+    >>> pred.task, pred.probabilities.shape, pred.mutual_information.shape
+    ('multiclass', (30, 3), (30,))
 
 References:
     Depeweg et al. 2018; Kendall & Gal 2017 (aleatoric/epistemic decomposition).
@@ -39,8 +43,8 @@ from tfp_bnn import methods, options, safety, sampling, tasks
 from tfp_bnn._keras import tf, tf_keras
 from tfp_bnn.options import Task
 
-__all__ = ["Prediction", "NonFiniteOutputError", "predict", "summarize", "classification_summary", "regression_summary",
-           "is_stochastic"]
+__all__ = ["Prediction", "NonFiniteOutputError", "predict", "summarize", "classification_summary",
+           "regression_summary", "is_stochastic"]
 
 DEFAULT_BATCH_SIZE = 256
 

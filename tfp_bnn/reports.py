@@ -15,9 +15,16 @@ with ``variance = aleatoric_variance + epistemic_variance`` and ``std = sqrt(var
 are written with ``repr`` so they read back bit-exactly as float64.
 
 Example:
-    >>> write_uncertainty_csv("test_uncertainty.csv", y_test, pred.mean_probs,
+    >>> tf_keras.utils.set_random_seed(0)
+    >>> model = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(3)])
+    >>> bnn = tfp_bnn.bayesify(model, num_train_examples=100)
+    >>> pred = tfp_bnn.predict(bnn, np.zeros((2, 4), np.float32), num_samples=10, seed=0)
+    >>> write_uncertainty_csv("test_uncertainty.csv", np.array([0, 2]), pred.probabilities,
     ...                       pred.predictive_entropy, pred.aleatoric, pred.epistemic,
     ...                       class_names=["setosa", "versicolor", "virginica"])
+    'test_uncertainty.csv'
+    >>> open("test_uncertainty.csv").readline().strip()
+    'index,label,predicted,prob_setosa,prob_versicolor,prob_virginica,predictive_entropy,...'
 
 References:
     Depeweg et al., "Decomposition of Uncertainty in Bayesian Deep Learning for Efficient and
@@ -62,7 +69,10 @@ def write_uncertainty_csv(path, labels, probabilities, predictive_entropy, aleat
         ``path``, as given.
 
     Example:
-        >>> write_uncertainty_csv("out.csv", None, probs, h, alea, epi)   # unlabelled data
+        >>> probs = np.array([[0.9, 0.1], [0.5, 0.5]])                    # unlabelled data
+        >>> h = -np.sum(probs * np.log(probs), axis=1)
+        >>> write_uncertainty_csv("out.csv", None, probs, h, h, np.zeros(2))
+        'out.csv'
     """
     p = _check_probabilities(probabilities)
     n, num_classes = p.shape
