@@ -31,15 +31,21 @@ Unlike Balan et al., who train the student online on single SGLD samples of the 
 distils a fixed (already trained) teacher offline from its S-sample average.
 
 Example:
-    >>> bnn = tfp_bnn.bayesify(model, num_train_examples=len(x_train))   # trained teacher
-    >>> student = tf_keras.Sequential([tf_keras.Input((64,)),
-    ...                                tf_keras.layers.Dense(64, activation="relu"),
+    >>> tf_keras.utils.set_random_seed(0)
+    >>> x_train = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+    >>> model = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(8)])
+    >>> bnn = tfp_bnn.bayesify(model, num_train_examples=len(x_train))   # (trained) teacher
+    >>> student = tf_keras.Sequential([tf_keras.Input((4,)),
+    ...                                tf_keras.layers.Dense(16, activation="relu"),
     ...                                tf_keras.layers.Dense(8)])         # logits, like the teacher
-    >>> result = tfp_bnn.distill(bnn, student, x_train, num_samples=100, epochs=100,
-    ...                          noise_stddev=0.1, uncertainty_head=True)
-    >>> pred = result.predict(x_test)          # a tfp_bnn.Prediction from one forward pass
-    >>> pred.probabilities, pred.mutual_information       # the head's MI estimate
-    >>> logits, mi = result.uncertainty_model(x_test)     # the same as a plain Keras model
+    >>> result = tfp_bnn.distill(bnn, student, x_train, num_samples=20, epochs=2,
+    ...                          noise_stddev=0.1, uncertainty_head=True, seed=0)
+    >>> pred = result.predict(x_train[:5])     # a tfp_bnn.Prediction from one forward pass
+    >>> pred.probabilities.shape, pred.mutual_information.shape   # the head's MI estimate
+    ((5, 8), (5,))
+    >>> logits, mi = result.uncertainty_model(x_train[:5])   # the same as a plain Keras model
+    >>> tuple(logits.shape), tuple(mi.shape)
+    ((5, 8), (5, 1))
 
 References:
     Balan, Rathod, Murphy & Welling, "Bayesian Dark Knowledge", NeurIPS 2015.
