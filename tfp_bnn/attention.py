@@ -177,7 +177,10 @@ class _BayesianAttention:
                     **config, prior=self.prior, posterior=self.posterior,
                     kl_weight=self.base_kl_weight,
                     seed=None if self.seed is None else self.seed + 1000 * i)
-                dense.build(shape)
+                # Keras scopes a layer's variables in __call__; a direct build needs it here
+                # ('query/kernel_posterior_loc', as Keras' projections are named).
+                with tf.name_scope(f"{self.name}/{dense.name}/"):
+                    dense.build(shape)
                 setattr(self, attr, dense)
 
     def projections(self):
