@@ -22,8 +22,8 @@ from tfp_bnn import options
 from tfp_bnn._keras import tf, tfd, tfp
 from tfp_bnn.posteriors import inverse_softplus
 
-__all__ = ["Prior", "Normal", "ScaleMixture", "Laplace", "LearnedNormal", "get", "serialize",
-           "PRIORS"]
+__all__ = ["Prior", "Normal", "ScaleMixture", "Laplace", "LearnedNormal", "LogUniform",
+           "GroupNormalJeffreys", "log_alpha", "sparse_vd_kl", "get", "serialize", "PRIORS"]
 
 _HALF_LOG_2PI_E = 0.5 * math.log(2.0 * math.pi * math.e)
 
@@ -44,6 +44,11 @@ class Prior:
     """Base class. Subclasses implement ``distribution`` and ``kl``."""
 
     analytic_kl = True
+    # Whether a weight's own log alpha says it can be removed (`tfp_bnn.compress`).
+    prunable = False
+    # A prior over one multiplicative scale per output unit / filter, or None: where set,
+    # `bayesify` follows each hidden Dense/Conv by a `tfp_bnn.sparse.UnitScale` with it.
+    unit_prior = None
 
     def __call__(self, dtype, shape, name, trainable, add_variable_fn):
         return self.distribution(dtype, shape, name, trainable, add_variable_fn)
@@ -224,11 +229,99 @@ class ScaleMixture(Prior):
         return {"pi": self.pi, "scale1": self.scale1, "scale2": self.scale2}
 
 
+# Molchanov et al. 2017, eq. 14.
+_K1, _K2, _K3 = 0.63576, 1.87320, 1.48695
+# Their range: beyond it the approximation is flat, and the gradient of a clipped log alpha is
+# zero, so a weight cannot drift to sigma/theta ratios no float32 round-trip can hold.
+LOG_ALPHA_RANGE = (-8.0, 8.0)
+
+
+def log_alpha(loc, scale):
+    """log alpha = log sigma^2 - log theta^2, clipped to `LOG_ALPHA_RANGE` (Molchanov et al.)."""
+    loc, scale = tf.convert_to_tensor(loc), tf.convert_to_tensor(scale)
+    tiny = tf.constant(1e-16, loc.dtype)  # theta = 0 exactly: alpha is +inf, clipped to 8
+    raw = 2.0 * tf.math.log(scale) - tf.math.log(tf.square(loc) + tiny)
+    return tf.clip_by_value(raw, *LOG_ALPHA_RANGE)
+
+
+def sparse_vd_kl(log_alpha_value):
+    """Elementwise KL(N(theta, alpha theta^2) || log-uniform), Molchanov et al. eq. 14.
+
+        -KL ~= k1 sigmoid(k2 + k3 log alpha) - 0.5 log(1 + 1/alpha) - k1
+        k1, k2, k3 = 0.63576, 1.87320, 1.48695
+
+    The constant makes the KL 0 as alpha -> inf (the improper prior's KL is defined up to it).
+    """
+    la = tf.convert_to_tensor(log_alpha_value)
+    return _K1 - _K1 * tf.sigmoid(_K2 + _K3 * la) + 0.5 * tf.math.softplus(-la)
+
+
+class LogUniform(Prior):
+    """Log-uniform prior ``p(log|w|) = const`` of sparse variational dropout (Molchanov et al.).
+
+        q(w) = N(theta, sigma^2),   alpha = sigma^2 / theta^2    (additive reparameterisation)
+        KL(q || p) ~= sum_i sparse_vd_kl(clip(log alpha_i, -8, 8))          (their eq. 14)
+
+    The posterior is the layers' mean-field Normal as it is: its mean theta and its scale sigma
+    are separate variables, so sigma is not ``sqrt(alpha) * theta`` and the gradient of theta
+    does not carry alpha's noise (the paper's additive reparameterisation); log sigma^2 is
+    ``2 log softplus(rho)``. Weights whose log alpha ends above a threshold (3: a dropout rate
+    above 0.95) are noise and `tfp_bnn.compress` removes them. Start the posterior with a small
+    ``init_scale`` (0.01, say) so that training begins with every weight kept.
+
+    References:
+        Molchanov, Ashukha & Vetrov, "Variational Dropout Sparsifies Deep Neural Networks",
+        ICML 2017.
+    """
+
+    prunable = True
+
+    def distribution(self, dtype, shape, name, trainable, add_variable_fn):
+        # Improper (every density 0 up to an infinite normaliser); TFP wants a distribution
+        # object, and the KL above never reads it.
+        return tfd.Independent(tfd.Normal(loc=tf.zeros(shape, dtype),
+                                          scale=tf.constant(math.inf, dtype)),
+                               reinterpreted_batch_ndims=len(shape))
+
+    def kl(self, q, p, sample=None):
+        loc, scale = _normal_parts(q)
+        return tf.reduce_sum(sparse_vd_kl(log_alpha(loc, scale)))
+
+
+class GroupNormalJeffreys(Normal):
+    """Group normal-Jeffreys prior (Louizos et al. 2017): a scale z per unit or filter.
+
+        z_j ~ p(z) ∝ 1/|z|,            w~_ij ~ N(0, 1),      unit j outputs z_j act(x . w~_j + b_j)
+        q(z_j) = N(mu_j, sigma_j^2),   q(w~) = N(m, s^2)
+        KL = sum_j KL(q(z_j) || p(z)) + sum_ij KL(N(m, s^2) || N(0, 1))
+
+    ``w_ij = z_j w~_ij`` with ``p(w | z) = N(0, z^2)`` makes the second term free of z (their
+    eq. 9), so the layer's kernels keep the closed-form Normal KL and the unit scales take the
+    log-uniform KL (`LogUniform`, eq. 14 of Molchanov et al.). `tfp_bnn.bayesify` follows every
+    hidden Dense/Conv layer by a `tfp_bnn.sparse.UnitScale` holding z; the output layer keeps
+    its units. A unit whose log alpha_z exceeds the threshold is off, and `tfp_bnn.compress`
+    removes it from the layer and the next layer's inputs.
+
+    References:
+        Louizos, Ullrich & Welling, "Bayesian Compression for Deep Learning", NeurIPS 2017.
+    """
+
+    unit_prior = LogUniform()
+
+    def __init__(self):
+        super().__init__(loc=0.0, scale=1.0)
+
+    def get_config(self):
+        return {}
+
+
 PRIORS = {
     "normal": Normal,
     "scale_mixture": ScaleMixture,
     "laplace": Laplace,
     "learned_normal": LearnedNormal,
+    "log_uniform": LogUniform,
+    "group_normal_jeffreys": GroupNormalJeffreys,
 }
 _BY_CLASS = {cls.__name__: cls for cls in PRIORS.values()}
 

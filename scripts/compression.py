@@ -1,0 +1,197 @@
+"""Bayesian compression on scikit-learn digits: dense vs sparse VD vs the group prior.
+
+Two nets on the 8x8 digits (1,797 images, a stratified 70/30 train/test split per seed):
+
+    MLP   64-300-100-10 (LeNet-300-100 style, ReLU)
+    CNN   conv 6@3x3 - pool - conv 16@3x3 - pool - 120 - 84 - 10 (LeNet-5 style, 'same' padding)
+
+For each: the dense deterministic net (Adam, ``--dense-epochs``); sparse variational dropout
+(``bayesify(prior="log_uniform")``, posterior means from the trained dense net, sigma 0.01,
+KL weight 1/N warmed up linearly, ``--sparse-epochs``, Adam at ``--sparse-lr``; local
+reparameterisation for the MLP, Flipout for the CNN); the group normal-Jeffreys prior
+(``prior="group_normal_jeffreys"``, ``--group-lr`` and ``--group-warmup``). Each Bayesian net is compressed with
+``tfp_bnn.compress(threshold=3.0)`` and the compressed net is exported with
+`tfp_bnn.export_savedmodel`: test accuracy of the compressed (posterior-mean) net, weights
+kept, hidden units kept, bits per weight, compression ratio, served latency (one example, the
+loaded SavedModel's signature, median of 200 calls) and SavedModel size. Mean over seeds.
+
+The schedule (epochs, warm-up, threshold) was set on a validation carve (20 %) of the training
+split (``--validate`` reports on that carve instead of the test split); the test split is only
+read for the reported figures.
+
+    python scripts/compression.py                     # seeds 0 1 2, writes runs/compression
+    python scripts/compression.py --seeds 0 --validate
+
+Writes ``results.json`` and ``results.md`` into ``--out``; existing files are kept unless
+``--overwrite``.
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+import tfp_bnn
+from tfp_bnn._keras import tf, tf_keras
+
+METHODS = ("dense", "sparse VD", "group prior")
+
+
+def data(seed, validate):
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype("float32")
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.3, stratify=y, random_state=seed)
+    if validate:
+        x_tr, x_te, y_tr, y_te = train_test_split(x_tr, y_tr, test_size=0.2, stratify=y_tr,
+                                                  random_state=seed)
+    return x_tr, y_tr, x_te, y_te
+
+
+def mlp():
+    return tf_keras.Sequential([
+        tf_keras.Input((64,)), tf_keras.layers.Dense(300, activation="relu"),
+        tf_keras.layers.Dense(100, activation="relu"), tf_keras.layers.Dense(10)])
+
+
+def cnn():
+    layers = tf_keras.layers
+    return tf_keras.Sequential([
+        tf_keras.Input((64,)), layers.Reshape((8, 8, 1)),
+        layers.Conv2D(6, 3, padding="same", activation="relu"), layers.MaxPooling2D(),
+        layers.Conv2D(16, 3, padding="same", activation="relu"), layers.MaxPooling2D(),
+        layers.Flatten(), layers.Dense(120, activation="relu"),
+        layers.Dense(84, activation="relu"), layers.Dense(10)])
+
+
+ARCHS = {"MLP 64-300-100-10": (mlp, "local_reparameterization"),
+         "CNN LeNet-5 style": (cnn, "flipout")}
+LOSS = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def accuracy(model, x, y):
+    return float(np.mean(np.argmax(model.predict(x, batch_size=512, verbose=0), -1) == y))
+
+
+def served(model, tmp):
+    """(median latency in ms of one example through the loaded signature, size in bytes)."""
+    path = tfp_bnn.export_savedmodel(model, os.path.join(tmp, model.name), num_samples=1)
+    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+    fn = tf.saved_model.load(path).signatures["serving_default"]
+    name = list(fn.structured_input_signature[1])[0]
+    x = tf.zeros([1] + list(model.input_shape[1:]))
+    for _ in range(10):
+        fn(**{name: x})
+    times = []
+    for _ in range(200):
+        start = time.perf_counter()
+        fn(**{name: x})
+        times.append(time.perf_counter() - start)
+    return 1000.0 * float(np.median(times)), size
+
+
+def hidden_units(report):
+    rows = report["layers"][:-1]  # the output layer keeps its units
+    return sum(r["units_kept"] for r in rows), sum(r["units"] for r in rows)
+
+
+def run(seed, args, tmp):
+    x_tr, y_tr, x_te, y_te = data(seed, args.validate)
+    out = {}
+    for arch, (build, estimator) in ARCHS.items():
+        tf_keras.utils.set_random_seed(seed)
+        dense = build()
+        dense.compile(tf_keras.optimizers.Adam(1e-3), LOSS)
+        dense.fit(x_tr, y_tr, epochs=args.dense_epochs, batch_size=64, verbose=0)
+        n_weights = int(sum(np.prod(w.shape) for w in dense.get_weights()))
+        latency, size = served(dense, tmp)
+        rows = {"dense": {"accuracy": accuracy(dense, x_te, y_te), "nonzero_fraction": 1.0,
+                          "weights_kept": n_weights, "units": "-", "bits": 32,
+                          "compression_ratio": 1.0, "latency_ms": latency, "savedmodel_bytes": size}}
+        for method, prior, lr, warmup in (
+                ("sparse VD", "log_uniform", args.sparse_lr, args.sparse_warmup),
+                ("group prior", "group_normal_jeffreys", args.group_lr, args.group_warmup)):
+            tf_keras.utils.set_random_seed(seed)
+            bnn = tfp_bnn.bayesify(dense, estimator=estimator, prior=prior,
+                                   posterior=tfp_bnn.posteriors.MeanField(init_scale=0.01,
+                                                                          from_weights=True),
+                                   num_train_examples=len(x_tr))
+            bnn.compile(tf_keras.optimizers.Adam(lr), LOSS)
+            bnn.fit(x_tr, y_tr, epochs=args.sparse_epochs, batch_size=64, verbose=0,
+                    callbacks=[tfp_bnn.callbacks.KLAnnealing(warmup_epochs=warmup)])
+            result = tfp_bnn.compress(bnn, threshold=args.threshold)
+            report = result.report
+            kept, total = hidden_units(report)
+            latency, size = served(result.model, tmp)
+            rows[method] = {
+                "accuracy": accuracy(result.model, x_te, y_te),
+                "nonzero_fraction": report["nonzero_fraction"],
+                "weights_kept": report["weights_kept"], "units": f"{kept}/{total}",
+                "units_kept": kept, "units_total": total,
+                "bits": report["bits_per_weight"], "compression_ratio": report["compression_ratio"],
+                "latency_ms": latency, "savedmodel_bytes": size,
+                "layers": report["layers"]}
+            print(f"seed {seed} {arch} {method}: acc {rows[method]['accuracy']:.4f} "
+                  f"kept {report['nonzero_fraction']:.4f} units {kept}/{total}", flush=True)
+        out[arch] = rows
+    return out
+
+
+def table(runs):
+    lines = ["| net | method | test accuracy | non-zero weights | hidden units kept | bits/weight "
+             "| compression ratio | served latency (ms) | SavedModel (KiB) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for arch in ARCHS:
+        for method in METHODS:
+            rs = [r[arch][method] for r in runs]
+            mean = {k: float(np.mean([r[k] for r in rs])) for k in (
+                "accuracy", "nonzero_fraction", "weights_kept", "bits", "compression_ratio",
+                "latency_ms", "savedmodel_bytes")}
+            units = ("all" if method == "dense" else
+                     f"{np.mean([r['units_kept'] for r in rs]):.0f} / {rs[0]['units_total']}")
+            lines.append(
+                f"| {arch} | {method} | {100 * mean['accuracy']:.2f} % | "
+                f"{100 * mean['nonzero_fraction']:.2f} % ({mean['weights_kept']:.0f}) | {units} | "
+                f"{mean['bits']:.1f} | {mean['compression_ratio']:.0f}x | "
+                f"{mean['latency_ms']:.3f} | {mean['savedmodel_bytes'] / 1024:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--dense-epochs", type=int, default=60)
+    parser.add_argument("--sparse-epochs", type=int, default=100)
+    # Set on the validation carve (seed 0): sparse VD at 3e-3 / 20 epochs of warm-up pruned to
+    # 1.7 % (MLP) and 5.2 % (CNN) but lost 3 accuracy points; 1e-3 / 50 lost 0.8. The group
+    # prior at 1e-3 / 50 removed only 37 % of the MLP's hidden units, at 3e-3 / 20 63 %.
+    parser.add_argument("--sparse-lr", type=float, default=1e-3)
+    parser.add_argument("--sparse-warmup", type=float, default=50)
+    parser.add_argument("--group-lr", type=float, default=3e-3)
+    parser.add_argument("--group-warmup", type=float, default=20)
+    parser.add_argument("--threshold", type=float, default=3.0)
+    parser.add_argument("--validate", action="store_true",
+                        help="report on a validation carve of the training split")
+    parser.add_argument("--out", default="runs/compression")
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    files = [os.path.join(args.out, f) for f in ("results.json", "results.md")]
+    if not args.overwrite and any(os.path.exists(f) for f in files):
+        sys.exit(f"{args.out} holds results already; pass --overwrite to replace them.")
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = [run(seed, args, tmp) for seed in args.seeds]
+    os.makedirs(args.out, exist_ok=True)
+    md = table(runs)
+    with open(files[0], "w") as f:
+        json.dump({"args": vars(args), "runs": runs}, f, indent=1, default=str)
+    with open(files[1], "w") as f:
+        f.write(md + "\n")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
