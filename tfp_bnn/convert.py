@@ -21,7 +21,7 @@ from tfp_bnn import layers as bl
 from tfp_bnn import options
 from tfp_bnn import posteriors as posteriors_lib
 from tfp_bnn import priors as priors_lib
-from tfp_bnn import kernel_layer, replay, rnn, tasks
+from tfp_bnn import kernel_layer, replay, rnn, sparse, tasks
 from tfp_bnn._keras import tf_keras
 from tfp_bnn.elbo import BayesianModel, kl_weight_from
 from tfp_bnn.options import Estimator
@@ -126,9 +126,10 @@ def _wrapped_rnn(layer):
 class _Bayesify:
     """``hook(layer)``: a Bayesian replacement for each selected layer, None (copy) otherwise."""
 
-    def __init__(self, estimator, prior, posterior, kl_weight, select):
+    def __init__(self, estimator, prior, posterior, kl_weight, select, outputs=()):
         self.estimator, self.prior, self.posterior = estimator, prior, posterior
         self.kl_weight, self.select = kl_weight, select
+        self.outputs = {id(layer) for layer in outputs}  # layers whose units stay (groups)
         self.converted = []
 
     def __call__(self, layer):
@@ -155,7 +156,12 @@ class _Bayesify:
                                         self.posterior)
 
         # Without from_weights the posterior keeps its own initialisation (no weight copy).
-        return replay.Replacement(new, copy_weights if self.posterior.from_weights else None)
+        copy_weights = copy_weights if self.posterior.from_weights else None
+        if (self.prior.unit_prior is not None and id(layer) not in self.outputs
+                and _kind(dense or layer) in ("Dense",) + _TFP_CONV_KINDS):
+            return replay.Replacement(sparse.unit_scale_after(
+                layer, new, self.prior, self.kl_weight), copy_weights)
+        return replay.Replacement(new, copy_weights)
 
     def _bayesian(self, layer, name=None):
         kind = _kind(layer)
@@ -253,6 +259,9 @@ def bayesify(model, estimator="flipout", prior="normal", posterior=None, num_tra
         model: a tf_keras or Keras 3 model, Sequential or Functional, with defined inputs.
         estimator: "flipout", "reparameterization" or "local_reparameterization" (Dense only).
         prior: a prior name (see `tfp_bnn.priors.PRIORS`), dict, or `tfp_bnn.priors` instance.
+            "log_uniform": sparse variational dropout; "group_normal_jeffreys": a Bayesian
+            scale per hidden unit/filter (`tfp_bnn.sparse.UnitScale`); both for
+            `tfp_bnn.compress`.
         posterior: `tfp_bnn.posteriors.MeanField(...)`, its config dict, or None for defaults.
         num_train_examples: N, the training-set size (the KL weight defaults to 1/N), or the
             training `tf.data.Dataset`, whose examples are counted (`tfp_bnn.elbo.num_examples`).
@@ -287,7 +296,8 @@ def bayesify(model, estimator="flipout", prior="normal", posterior=None, num_tra
         raise ValueError(f"model {model.name!r} has no Dense, Conv or RNN (LSTM/GRU/SimpleRNN) "
                          "layer to make Bayesian.")
 
-    hook = _Bayesify(estimator, prior, posterior, weight, select)
+    hook = _Bayesify(estimator, prior, posterior, weight, select,
+                     replay.output_layers(model) if graph else ())
     new_model = replay.replay(model, hook, model_class=BayesianModel)
     if not graph:  # a subclassed model's output is seen on its rebuilt graph
         task = (tasks.from_loss(getattr(model, "loss", None)) or tasks.infer(new_model)
