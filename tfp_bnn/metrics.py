@@ -18,10 +18,15 @@ For regression, with predictive mean ``m_id`` and variance ``v_id``:
 `ExpectedCalibrationError` is the same ECE as a streaming Keras metric.
 
 Example:
-    >>> probs = prediction.mean_probs                       # [B, C]
-    >>> expected_calibration_error(probs, y_test, num_bins=15)
-    >>> ood_auroc(entropy_in, entropy_out)                  # higher score = more uncertain
-    >>> model.compile(..., metrics=[ExpectedCalibrationError()])
+    >>> probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])   # e.g. Prediction.probabilities
+    >>> y_test = np.array([0, 1, 1])
+    >>> round(expected_calibration_error(probs, y_test, num_bins=15), 4)
+    0.3
+    >>> ood_auroc([0.1, 0.2], [0.3, 0.9])                  # higher score = more uncertain
+    1.0
+    >>> model = tf_keras.Sequential([tf_keras.Input((2,)), tf_keras.layers.Dense(2)])
+    >>> model.compile("adam", tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    ...               metrics=[ExpectedCalibrationError(from_logits=True)])
 
 References:
     Guo et al., "On Calibration of Modern Neural Networks", ICML 2017.
@@ -251,7 +256,8 @@ def expected_calibration_error(probabilities, labels, num_bins=15):
         ECE = sum_b (n_b / N) |acc_b - conf_b| = sum_b |correct_b - sum_{i in b} conf_i| / N
 
     Example:
-        >>> expected_calibration_error([[0.9, 0.1], [0.3, 0.7]], [0, 0], num_bins=5)  # 0.4
+        >>> round(expected_calibration_error([[0.9, 0.1], [0.3, 0.7]], [0, 0], num_bins=5), 6)
+        0.4
     """
     num_bins = _check_num_bins(num_bins)
     p, y = _prepare(probabilities, labels)
@@ -272,6 +278,7 @@ def ood_auroc(scores_in, scores_out):
 
     Example:
         >>> ood_auroc([0.1, 0.5], [0.5, 0.9])   # pairs: 1, 1, 1/2, 1 -> 0.875
+        0.875
     """
     s_in = _check_scores(scores_in, "scores_in")
     s_out = _check_scores(scores_out, "scores_out")
@@ -302,7 +309,11 @@ def accuracy_vs_retained(probabilities, labels, uncertainty, fractions=None):
         ``(fractions, accuracies)``, two float arrays of the same length.
 
     Example:
-        >>> accuracy_vs_retained(probs, y, entropy, fractions=[0.5, 1.0])
+        >>> probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.5, 0.5]])
+        >>> y, entropy = np.array([0, 1, 1, 1]), np.array([0.3, 0.7, 0.5, 0.69])
+        >>> fractions, acc = accuracy_vs_retained(probs, y, entropy, fractions=[0.5, 1.0])
+        >>> fractions.tolist(), acc.tolist()        # the 2 most certain are right; 1 of the rest
+        ([0.5, 1.0], [1.0, 0.5])
     """
     p, y = _prepare(probabilities, labels)
     u = _check_scores(uncertainty, "uncertainty", length=p.shape[0])
@@ -336,7 +347,11 @@ def reliability_curve_bootstrap(probabilities, labels, num_bins=15, n_boot=1000,
         accuracy of the data itself (the point estimate); all three are NaN for an empty bin.
 
     Example:
-        >>> centers, acc, lo, hi = reliability_curve_bootstrap(probs, y, n_boot=500)
+        >>> probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.7, 0.3]])
+        >>> centers, acc, lo, hi = reliability_curve_bootstrap(probs, [0, 1, 1, 0], num_bins=2,
+        ...                                                    n_boot=100)
+        >>> centers.tolist(), acc.tolist()
+        ([0.25, 0.75], [nan, 0.75])
     """
     num_bins = _check_num_bins(num_bins)
     if isinstance(n_boot, bool) or not isinstance(n_boot, numbers.Integral) or n_boot < 1:
@@ -372,8 +387,14 @@ class ExpectedCalibrationError(tf_keras.metrics.Metric):
         name, dtype: as for any Keras metric.
 
     Example:
+        >>> model = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(3,
+        ...                                                             activation="softmax")])
         >>> model.compile("adam", "sparse_categorical_crossentropy",
         ...               metrics=["accuracy", ExpectedCalibrationError(num_bins=15)])
+        >>> ece = ExpectedCalibrationError(num_bins=5)          # the same ECE, streamed
+        >>> ece.update_state([0, 0], [[0.9, 0.1], [0.3, 0.7]])
+        >>> round(float(ece.result()), 6)
+        0.4
 
     References:
         Guo et al., "On Calibration of Modern Neural Networks", ICML 2017.

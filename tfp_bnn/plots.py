@@ -11,8 +11,11 @@ The numbers come from `tfp_bnn.metrics`, where they are tested:
     reliability_curves_with_bands metrics.reliability_curve_bootstrap
 
 Example:
-    >>> fig = reliability_diagram(prediction.mean_probs, y_test, path="reliability.png")
-    >>> uncertainty_histogram(entropy_in, entropy_out, path="ood.png")
+    >>> probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])   # e.g. Prediction.probabilities
+    >>> fig = reliability_diagram(probs, [0, 1, 1], path="reliability.png")
+    >>> fig = uncertainty_histogram([0.1, 0.2, 0.3], [0.5, 0.6], path="ood.png")
+    >>> import os; os.path.isfile("reliability.png") and os.path.isfile("ood.png")
+    True
 
 References:
     Guo et al., "On Calibration of Modern Neural Networks", ICML 2017 (reliability diagrams).
@@ -60,7 +63,9 @@ def reliability_diagram(probabilities, labels, num_bins=15, path=None, title=Non
         The Figure (two axes: reliability, counts).
 
     Example:
-        >>> reliability_diagram(probs, y_test, num_bins=10, path="reliability.png")
+        >>> probs, y_test = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]), [0, 1, 1]
+        >>> len(reliability_diagram(probs, y_test, num_bins=10, path="reliability.png").axes)
+        2
     """
     bins = metrics.calibration_bins(probabilities, labels, num_bins=num_bins)
     ece = metrics.expected_calibration_error(probabilities, labels, num_bins=num_bins)
@@ -113,7 +118,10 @@ def entropy_vs_accuracy(probabilities, labels, uncertainty, path=None, title=Non
         The Figure (one axis, one curve).
 
     Example:
-        >>> entropy_vs_accuracy(probs, y_test, prediction.predictive_entropy, path="retain.png")
+        >>> probs, y_test = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]), [0, 1, 1]
+        >>> entropy = -np.sum(probs * np.log(probs), axis=1)     # Prediction.predictive_entropy
+        >>> len(entropy_vs_accuracy(probs, y_test, entropy, path="retain.png").axes)
+        1
     """
     fractions, acc = metrics.accuracy_vs_retained(probabilities, labels, uncertainty)
     fig = Figure(figsize=(5, 4))
@@ -145,7 +153,9 @@ def uncertainty_histogram(scores_in, scores_out, path=None, label="predictive en
         The Figure (one axis, two histograms over the same bin edges, densities).
 
     Example:
-        >>> uncertainty_histogram(pred_in.predictive_entropy, pred_out.predictive_entropy)
+        >>> fig = uncertainty_histogram([0.1, 0.2, 0.3], [0.5, 0.6])   # in- and out-of-distribution
+        >>> len(fig.axes)
+        1
     """
     auroc = metrics.ood_auroc(scores_in, scores_out)
     s_in, s_out = np.asarray(scores_in, dtype=np.float64), np.asarray(scores_out, dtype=np.float64)
@@ -184,7 +194,13 @@ def reliability_curves_with_bands(curves, num_bins=15, path=None, n_boot=1000, s
         The Figure (one axis: one line and one band per method, plus the diagonal).
 
     Example:
-        >>> reliability_curves_with_bands({"BNN": [(p0, y), (p1, y)], "MC dropout": [(q0, y)]})
+        >>> y = [0, 1, 1, 0]
+        >>> p0 = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.7, 0.3]])
+        >>> p1 = np.array([[0.8, 0.2], [0.3, 0.7], [0.5, 0.5], [0.6, 0.4]])  # another seed
+        >>> curves = {"BNN": [(p0, y), (p1, y)], "MC dropout": [(np.full((4, 2), 0.5), y)]}
+        >>> fig = reliability_curves_with_bands(curves, n_boot=50)
+        >>> len(fig.axes)
+        1
     """
     if not isinstance(curves, dict) or not curves:
         raise ValueError("curves must be a non-empty dict {name: [(probabilities, labels), ...]}. "
