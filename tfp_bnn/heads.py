@@ -39,7 +39,7 @@ from tfp_bnn._keras import tf, tf_keras
 from tfp_bnn.options import Task
 from tfp_bnn.posteriors import inverse_softplus
 
-__all__ = ["GaussianHead", "HomoscedasticGaussian", "split_mean_std"]
+__all__ = ["GaussianHead", "HomoscedasticGaussian"]
 
 _register = tf_keras.saving.register_keras_serializable(package="tfp_bnn")
 
@@ -60,11 +60,6 @@ def _check_scale(name, value, allow_zero):
         kind = "a non-negative" if allow_zero else "a positive"
         raise ValueError(f"{name} must be {kind} number. Received: {name}={value!r}")
     return v
-
-
-def split_mean_std(outputs):
-    """``(mean, std)`` from a Gaussian head's ``[..., 2*units]`` output."""
-    return tf.split(outputs, 2, axis=-1)
 
 
 @_register
