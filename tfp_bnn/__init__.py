@@ -6,7 +6,7 @@ predict with Monte Carlo uncertainty (`predict`), export it for TensorFlow Servi
 """
 from tfp_bnn import _keras  # noqa: F401  (sets up tf_keras before TFP is imported)
 from tfp_bnn import callbacks, layers, posteriors, priors, sampling  # noqa: E402
-from tfp_bnn import heads, losses, methods, tasks  # noqa: E402
+from tfp_bnn import heads, losses, methods, multifit, tasks  # noqa: E402
 from tfp_bnn.baselines import DeepEnsemble, laplace, mc_dropout  # noqa: E402
 from tfp_bnn.convert import bayesify  # noqa: E402
 from tfp_bnn.compress import Compressed, compress  # noqa: E402
@@ -22,4 +22,5 @@ from tfp_bnn.options import Task  # noqa: E402
 __version__ = "0.1.0"
 __all__ = ["bayesify", "compress", "Compressed", "mc_dropout", "DeepEnsemble", "laplace", "distill", "Distillation", "predict", "Prediction", "export_savedmodel", "BayesianModel", "callbacks", "layers", "posteriors", "priors",
            "sampling", "set_kl_weight", "kl_weights", "tasks", "methods", "Task",
-           "calibrate", "Calibrated", "conformal", "Conformal", "metrics"]
+           "calibrate", "Calibrated", "conformal", "Conformal", "metrics", "heads", "losses",
+           "multifit"]
