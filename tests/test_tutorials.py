@@ -22,7 +22,8 @@ pytest.importorskip("ipykernel")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TUTORIALS = os.path.join(ROOT, "tutorials")
 EXPECTED = ("01_quickstart_iris.ipynb", "02_bayesian_cnn_digits.ipynb", "03_serving.ipynb",
-            "04_regression_uncertainty.ipynb", "05_methods_compared.ipynb")
+            "04_regression_uncertainty.ipynb", "05_methods_compared.ipynb",
+            "06_compression.ipynb")
 COLAB = "https://colab.research.google.com/github/tfp-bnn/tfp_bnn/blob/main/tutorials/{}"
 FAST_VAR = "TFP_BNN_TUTORIAL_FAST"
 CELL_TIMEOUT_S = 300
