@@ -236,3 +236,36 @@ def test_val_nll_regression_uses_the_gaussian_linearised_predictive():
 def test_val_nll_bad_inputs(classifier, kwargs, match):
     with pytest.raises(ValueError, match=match):
         tfp_bnn.laplace(classifier, X_FIT, Y_FIT, **kwargs)
+
+
+@pytest.mark.parametrize("hessian", ["diag", "kron", "full"])
+def test_binary_one_logit_ggn_is_sigmoid_curvature_by_hand(hessian):
+    """One logit: Lambda_n = sigmoid(f)(1 - sigmoid(f)) (a softmax over one column would be 0),
+    the probit predictive is [1 - p, p] and predict/export see a binary task."""
+    model = _net(1)
+    y = (X[:, 0] > 0.5).astype(np.int64)
+    la = tfp_bnn.laplace(model, X, y, hessian=hessian, prior_precision=1.0)
+    phi = _features(model, X)
+    f = phi @ _theta(model)
+    p = 1.0 / (1.0 + np.exp(-f[:, 0]))
+    ggn = (phi * (p * (1 - p))[:, None]).T @ phi  # [rows, rows]: H for C = 1
+    if hessian == "kron":  # KFAC: A (x) G with A = sum phi phi^T and G the mean curvature
+        ggn = phi.T @ phi * np.mean(p * (1 - p))
+    np.testing.assert_allclose(la.posterior_precision if hessian != "diag"
+                               else np.diag(la.posterior_precision[:, 0]),
+                               ggn + np.eye(len(ggn)) if hessian != "diag"
+                               else np.diag(np.diag(ggn) + 1.0), rtol=1e-6)
+    expected_ll = np.sum(y * np.log(p) + (1 - y) * np.log(1 - p))
+    assert la.log_likelihood == pytest.approx(expected_ll, rel=1e-9)
+    # The probit predictive: sigmoid(mu / sqrt(1 + pi/8 var)), as [p(y=0), p(y=1)].
+    var = la._function_variance(phi)[:, 0]
+    q = 1.0 / (1.0 + np.exp(-f[:, 0] / np.sqrt(1 + np.pi / 8 * var)))
+    probs = la.predict_probit(X)
+    np.testing.assert_allclose(probs, np.stack([1 - q, q], 1), rtol=1e-5, atol=1e-6)
+    pred = tfp_bnn.predict(la, X, num_samples=400, seed=0)
+    assert pred.task == "binary" and pred.probabilities.shape == (40, 2)
+    np.testing.assert_allclose(pred.probabilities.sum(1), 1.0, atol=1e-6)
+    # MC over the weight posterior vs the closed-form variance of the one logit.
+    assert pred.logit_variance[:, 0] == pytest.approx(var, rel=0.25, abs=1e-3)
+    with pytest.raises(ValueError, match=r"class indices in \[0, 2\)"):
+        tfp_bnn.laplace(model, X, y + 1, hessian=hessian)

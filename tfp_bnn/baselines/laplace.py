@@ -6,6 +6,7 @@ the features ``phi(x)`` of the layers below held fixed (``phi~ = [phi, 1]``):
 
     H = sum_n (phi~_n phi~_n^T) (x) Lambda_n              (generalised Gauss-Newton)
         Lambda_n = diag(p_n) - p_n p_n^T                   classification, p_n = softmax(f_n)
+        Lambda_n = p_n (1 - p_n)                           one logit, p_n = sigmoid(f_n)
         Lambda_n = I / sigma^2                             regression (Gaussian noise sigma)
     posterior:  theta ~ N(theta*, (H + delta I)^-1)
 
@@ -37,9 +38,21 @@ For regression the model outputs ``[mean, sigma]`` (a Gaussian head), so predict
 noise as aleatoric variance.
 
 Example:
-    >>> la = tfp_bnn.laplace(model, x_train, y_train, hessian="kron")
-    >>> la.prior_precision, la.predict_probit(x_test)
-    >>> pred = tfp_bnn.predict(la.as_model(), x_test, num_samples=100)
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(40, 4)).astype("float32")
+    >>> y = (x[:, 0] > 0).astype("int32")                        # two classes
+    >>> def build_fn():
+    ...     net = tf_keras.Sequential([tf_keras.Input((4,)),
+    ...                                tf_keras.layers.Dense(8, activation="relu"),
+    ...                                tf_keras.layers.Dense(2)])
+    ...     net.compile("adam", tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    ...     return net
+    >>> model = build_fn()
+    >>> history = model.fit(x, y, epochs=5, verbose=0)
+    >>> la = tfp_bnn.laplace(model, x, y, hessian="kron")
+    >>> la.predict_probit(x[:5]).shape, bool(la.prior_precision > 0)
+    ((5, 2), True)
+    >>> pred = tfp_bnn.predict(la.as_model(), x[:5], num_samples=100)
 
 References:
     MacKay, "A Practical Bayesian Framework for Backpropagation Networks", Neural Comput. 1992;
@@ -197,10 +210,13 @@ class Laplace:
         f = phi @ self.theta_map
         if likelihood == Likelihood.CLASSIFICATION:
             self.sigma_noise = None
-            logp = f - f.max(1, keepdims=True)
-            logp = logp - np.log(np.exp(logp).sum(1, keepdims=True))
+            logp = _log_softmax(_class_logits(f))
             self.log_likelihood = float(logp[np.arange(len(targets)), targets].sum())
-            self._structure = STRUCTURES[hessian].classification(phi, np.exp(logp))
+            p = np.exp(logp)
+            # One logit (binary): Lambda_n = sigmoid(f_n)(1 - sigmoid(f_n)), which is what every
+            # structure's "diag(p) - p p^T" gives for the one column p(y=1).
+            self._structure = STRUCTURES[hessian].classification(
+                phi, p if self.num_classes > 1 else p[:, 1:])
         else:
             resid = targets - f
             self.sigma_noise = (float(np.sqrt(np.mean(resid ** 2))) if sigma_noise is None
@@ -239,11 +255,10 @@ class Laplace:
         return float(-np.mean(logp[np.arange(len(targets)), targets]))
 
     def _probit_log_probs(self, phi, prior_precision=None):
-        """[B, C] log softmax(mu / sqrt(1 + pi/8 var)) of the linearised outputs."""
+        """[B, C] log softmax(mu / sqrt(1 + pi/8 var)) of the linearised outputs ([B, 2] for
+        one logit: class logits [0, z])."""
         var = self._function_variance(phi, prior_precision)
-        z = (phi @ self.theta_map) / np.sqrt(1.0 + np.pi / 8.0 * var)
-        z = z - z.max(1, keepdims=True)
-        return z - np.log(np.exp(z).sum(1, keepdims=True))
+        return _log_softmax(_class_logits((phi @ self.theta_map) / np.sqrt(1.0 + np.pi / 8.0 * var)))
 
     def _tune_val_nll(self, phi, targets):
         values = np.array([self._linearised_nll(phi, targets, 10.0 ** g) for g in _LOG10_GRID])
@@ -256,7 +271,7 @@ class Laplace:
                                              for i in range(0, len(x), batch_size)]))
 
     def _targets(self, y, name, length):
-        return _targets(y, self.likelihood, self.num_classes, name, length)
+        return _targets(y, self.likelihood, max(self.num_classes, 2), name, length)
 
     def _tune(self):
         values = [self.log_marginal_likelihood(10.0 ** g) for g in _LOG10_GRID]
@@ -292,6 +307,17 @@ class Laplace:
         square_root = self._structure.square_root(self.prior_precision)
         layer.set_weights([w.astype(np.float32) for w in [self.theta_map] + square_root])
         return tf_keras.Model(model.inputs, outputs, name=model.name)
+
+
+def _class_logits(f):
+    """[N, C] class logits of the outputs: ``f`` itself, or ``[0, f]`` for one logit (binary:
+    softmax([0, f]) = [1 - sigmoid(f), sigmoid(f)])."""
+    return f if f.shape[1] > 1 else np.hstack([np.zeros_like(f), f])
+
+
+def _log_softmax(z):
+    z = z - z.max(1, keepdims=True)
+    return z - np.log(np.exp(z).sum(1, keepdims=True))
 
 
 def _output_dense(model):
@@ -348,8 +374,19 @@ def laplace(model, x, y, subset="last_layer", hessian="kron", prior_precision="m
         ``val_nll_grid = (precisions, validation NLLs)``.
 
     Example:
-        >>> la = tfp_bnn.laplace(model, x_fit, y_fit, prior_precision="val_nll",
-        ...                      x_val=x_val, y_val=y_val)
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.normal(size=(40, 4)).astype("float32")
+        >>> y = (x[:, 0] > 0).astype("int32")                        # two classes
+        >>> def build_fn():
+        ...     net = tf_keras.Sequential([tf_keras.Input((4,)),
+        ...                                tf_keras.layers.Dense(8, activation="relu"),
+        ...                                tf_keras.layers.Dense(2)])
+        ...     net.compile("adam", tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        ...     return net
+        >>> model = build_fn()
+        >>> history = model.fit(x[:30], y[:30], epochs=5, verbose=0)
+        >>> la = tfp_bnn.laplace(model, x[:30], y[:30], prior_precision="val_nll",
+        ...                      x_val=x[30:], y_val=y[30:])
     """
     options.choice("subset", subset, Subset)
     hessian = options.choice("hessian", hessian, Hessian)
@@ -375,7 +412,8 @@ def laplace(model, x, y, subset="last_layer", hessian="kron", prior_precision="m
     copy = replay.replay(model)
     last = _output_dense(copy)
     activation = last.get_config().get("activation")
-    allowed = ("linear", "softmax") if likelihood == Likelihood.CLASSIFICATION else ("linear",)
+    allowed = ((("linear", "sigmoid") if last.units == 1 else ("linear", "softmax"))
+               if likelihood == Likelihood.CLASSIFICATION else ("linear",))
     if activation not in allowed:
         raise ValueError(f"laplace(likelihood={likelihood.value!r}) needs the output Dense layer "
                          f"{last.name!r} to have activation in {allowed} (logits); it has "
@@ -389,7 +427,7 @@ def laplace(model, x, y, subset="last_layer", hessian="kron", prior_precision="m
     if phi.ndim != 2:
         raise ValueError(f"laplace needs 2-D features below the output layer {last.name!r}; "
                          f"they have shape {phi.shape}.")
-    targets = _targets(y, likelihood, last.units, "y", len(phi))
+    targets = _targets(y, likelihood, max(last.units, 2), "y", len(phi))
     if prior_precision == "val_nll" and len(x_val) == 0:
         raise ValueError("prior_precision='val_nll' needs at least one validation example. "
                          f"Received: x_val of length {len(x_val)}")
@@ -405,6 +443,7 @@ def laplace(model, x, y, subset="last_layer", hessian="kron", prior_precision="m
     return result
 
 
-# With sigma the output is [f, sigma], a Gaussian head; otherwise softmax logits.
+# With sigma the output is [f, sigma], a Gaussian head; otherwise logits (one: binary).
 tasks.register_output_layer(
-    LaplaceDense, lambda layer: Task.GAUSSIAN if layer.sigma is not None else Task.MULTICLASS)
+    LaplaceDense, lambda layer: Task.GAUSSIAN if layer.sigma is not None
+    else Task.BINARY if layer.units == 1 else Task.MULTICLASS)
