@@ -107,10 +107,6 @@ def _forward(model):
     return _FORWARD[model]
 
 
-def _entropy(p):
-    return -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=-1)
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class Distillation:
     """The fixed result of `distill`.
@@ -405,7 +401,7 @@ def distill(teacher, student, x, num_samples=100, epochs=100, batch_size=32,
                           seed=seed, verbose=0)
     targets = pred.probabilities.astype(np.float32)
     target_mi = pred.mutual_information.astype(np.float32)
-    teacher_entropy = float(np.mean(_entropy(targets.astype(np.float64))))
+    teacher_entropy = float(np.mean(tasks.entropy(targets.astype(np.float64))))
 
     model = _with_mi_head(student, float(target_mi.mean())) if uncertainty_head else student
     step = _make_step(model, uncertainty_head, optimizer, mi_weight, inputs.shape[1:],

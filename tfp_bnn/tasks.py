@@ -48,14 +48,15 @@ from tfp_bnn._keras import keras3, tf, tf_keras
 from tfp_bnn.losses import GaussianNLL
 from tfp_bnn.options import Task, choice
 
-__all__ = ["Task", "get", "resolve", "infer", "declare", "declared", "from_loss",
+__all__ = ["Task", "entropy", "get", "resolve", "infer", "declare", "declared", "from_loss",
            "register_output_layer", "outputs_probabilities", "output_names"]
 
 
 # ---------------------------------------------------------------------------------------------
 # The per-task strategies
 # ---------------------------------------------------------------------------------------------
-def _entropy(p):
+def entropy(p):
+    """H[p] over the last axis; 0 log 0 = 0."""
     # xlogy(p, p) = p log p, and 0 where p == 0.
     return -tf.reduce_sum(tf.math.xlogy(p, p), axis=-1)
 
@@ -125,8 +126,8 @@ class _Classifier:
         z = self.logits(samples)
         probs_s = _softmax(self.class_logits(z))
         probs = _mean(probs_s, exact)
-        total = _entropy(probs)
-        aleatoric = _mean(_entropy(probs_s), exact)
+        total = entropy(probs)
+        aleatoric = _mean(entropy(probs_s), exact)
         mean_logits, var = _moments(z, exact)
         return {"mean_logits": mean_logits, "logit_variance": var, "probabilities": probs,
                 "predictive_entropy": total, "expected_entropy": aleatoric,

@@ -63,7 +63,7 @@ import math
 
 import numpy as np
 
-from tfp_bnn import metrics, options, replay, sampling, tasks
+from tfp_bnn import metrics, options, replay, sampling, search, tasks
 from tfp_bnn._keras import tf, tf_keras
 from tfp_bnn.baselines.hessians import STRUCTURES
 from tfp_bnn.options import Hessian, Likelihood, Subset, Task
@@ -167,24 +167,6 @@ class LaplaceDense(sampling.StochasticLayer, tf_keras.layers.Layer):
                 "use_bias": self.use_bias, "sigma": self.sigma}
 
 
-def _golden_max(f, lo, hi, iters=40):
-    """Maximiser of a unimodal f on [lo, hi] by golden-section search."""
-    ratio = (math.sqrt(5.0) - 1.0) / 2.0
-    a, b = lo, hi
-    c, d = b - ratio * (b - a), a + ratio * (b - a)
-    fc, fd = f(c), f(d)
-    for _ in range(iters):
-        if fc >= fd:
-            b, d, fd = d, c, fc
-            c = b - ratio * (b - a)
-            fc = f(c)
-        else:
-            a, c, fc = c, d, fd
-            d = a + ratio * (b - a)
-            fd = f(d)
-    return (a + b) / 2.0
-
-
 class Laplace:
     """A fitted last-layer Laplace approximation; built by `laplace`.
 
@@ -274,10 +256,9 @@ class Laplace:
         return _targets(y, self.likelihood, max(self.num_classes, 2), name, length)
 
     def _tune(self):
-        values = [self.log_marginal_likelihood(10.0 ** g) for g in _LOG10_GRID]
-        i = int(np.argmax(values))
-        lo, hi = _LOG10_GRID[max(i - 1, 0)], _LOG10_GRID[min(i + 1, len(_LOG10_GRID) - 1)]
-        return 10.0 ** _golden_max(lambda g: self.log_marginal_likelihood(10.0 ** g), lo, hi)
+        best, _ = search.grid_golden_max(lambda g: self.log_marginal_likelihood(10.0 ** g),
+                                         _LOG10_GRID)
+        return 10.0 ** best
 
     @property
     def posterior_precision(self):
