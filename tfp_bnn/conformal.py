@@ -192,6 +192,16 @@ class Conformal:
     def as_model(self):
         return methods.predictive_model(self.model, "model")
 
+    def checked_alpha(self, alpha):
+        """``alpha`` as a float, refused when outside (0, 1) or too small for the calibration
+        set (the quantile index would pass n: an infinite, useless quantile)."""
+        alpha = options.probability("alpha", alpha)
+        n = len(self.scores)
+        if n < minimum_calibration_size(alpha):
+            raise ValueError(f"alpha={alpha} needs at least {minimum_calibration_size(alpha)} "
+                             f"calibration examples; the conformal model has {n}.")
+        return alpha
+
     @property
     def served(self):
         inner = methods.post_hoc(self.model)

@@ -49,7 +49,7 @@ class PostHoc(typing.Protocol):
     Attributes:
         task: the wrapped model's `tfp_bnn.Task`.
         alpha: the miscoverage level of a conformal method (its summary takes another one as
-            ``alpha``), None for a calibration.
+            ``alpha``, checked by its ``checked_alpha(alpha)``), None for a calibration.
         served: ``{served output name: summary key}``.
     """
 

@@ -313,14 +313,7 @@ def _conformal_alpha(post, alpha):
     if post is None or post.alpha is None:
         raise ValueError("alpha applies to a tfp_bnn.conformal model only. Received: "
                          f"alpha={alpha!r} for a model without conformal sets or intervals")
-    from tfp_bnn.conformal import minimum_calibration_size
-
-    alpha = options.probability("alpha", alpha)
-    n = len(post.scores)
-    if n < minimum_calibration_size(alpha):
-        raise ValueError(f"alpha={alpha} needs at least {minimum_calibration_size(alpha)} "
-                         f"calibration examples; the conformal model has {n}.")
-    return tf.constant(alpha, tf.float64)
+    return tf.constant(post.checked_alpha(alpha), tf.float64)
 
 
 def predict(model, x, num_samples=100, batch_size=None, seed=None, return_samples=False,
