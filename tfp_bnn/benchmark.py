@@ -20,8 +20,11 @@ Used by ``tfp-bnn benchmark`` (small defaults) and ``python scripts/benchmark_se
 full run of BENCHMARKS.md).
 
 Example:
-    >>> result = run(models=("mlp",), calls=50, batch_sizes=(1,), samples=(10,))
-    >>> print(report(result))
+    >>> result = run(models=("mlp",), calls=5, batch_sizes=(1,), samples=(10,),
+    ...              log=lambda *args, **kwargs: None)
+    >>> sorted({row["variant"] for row in result["rows"]})
+    ['deterministic', 'mc', 'naive_loop']
+    >>> text = report(result)                   # the BENCHMARKS.md table (timings vary)
 """
 import datetime
 import os

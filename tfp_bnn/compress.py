@@ -21,11 +21,18 @@ variance, the choice of the paper), clipped to [1, 32]; the compression ratio is
 bits; index storage of a sparse format is not counted).
 
 Example:
+    >>> x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+    >>> y = (x[:, 0] > 0).astype("int32")
+    >>> model = tf_keras.Sequential([tf_keras.Input((4,)),
+    ...                              tf_keras.layers.Dense(16, activation="relu"),
+    ...                              tf_keras.layers.Dense(2)])
     >>> bnn = tfp_bnn.bayesify(model, prior="log_uniform", num_train_examples=len(x))
-    >>> bnn.compile("adam", loss); bnn.fit(x, y, epochs=100)
+    >>> bnn.compile("adam", tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    >>> history = bnn.fit(x, y, epochs=2, verbose=0)
     >>> result = tfp_bnn.compress(bnn, threshold=3.0)
-    >>> result.report["nonzero_fraction"], result.report["compression_ratio"]
-    >>> tfp_bnn.export_savedmodel(result.model, "served")
+    >>> 0 < result.report["nonzero_fraction"] <= 1, result.report["compression_ratio"] >= 1
+    (True, True)
+    >>> path = tfp_bnn.export_savedmodel(result.model, "served")
 
 References:
     Molchanov, Ashukha & Vetrov, "Variational Dropout Sparsifies Deep Neural Networks",
@@ -291,8 +298,15 @@ def compress(bnn, threshold=3.0, bayesian=False):
         `Compressed` ``(model, report)``; see `Compressed` for the report's keys.
 
     Example:
-        >>> result = tfp_bnn.compress(bnn, threshold=3.0)
-        >>> [(l["name"], l["weights_kept"], l["units_kept"]) for l in result.report["layers"]]
+        >>> x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+        >>> y = (x[:, 0] > 0).astype("int32")
+        >>> model = tf_keras.Sequential([tf_keras.Input((4,)),
+        ...                              tf_keras.layers.Dense(16, activation="relu"),
+        ...                              tf_keras.layers.Dense(2)])
+        >>> bnn = tfp_bnn.bayesify(model, prior="log_uniform", num_train_examples=len(x))
+        >>> result = tfp_bnn.compress(bnn, threshold=float("inf"))  # keeps all (kernels + biases)
+        >>> [(l["weights_kept"], l["units_kept"]) for l in result.report["layers"]]
+        [(80, 16), (34, 2)]
 
     References:
         Molchanov et al., ICML 2017; Louizos et al., NeurIPS 2017 (section 5: bit precision).

@@ -8,10 +8,19 @@ TimeDistributed-wrapped ones too) become the registered Bayesian subclasses of
 model is never modified.
 
 Example:
+    >>> x_train = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    >>> y_train = (x_train[:, 0] > 0).astype("int32")
+    >>> model = tf_keras.Sequential([tf_keras.Input((4,)),
+    ...                              tf_keras.layers.Dense(16, activation="relu"),
+    ...                              tf_keras.layers.Dense(2)])
     >>> bnn = tfp_bnn.bayesify(model, estimator="flipout", prior="normal",
     ...                        num_train_examples=len(x_train))
+    >>> [type(l).__name__ for l in bnn.layers[1:]]
+    ['DenseFlipout', 'DenseFlipout']
     >>> bnn.compile("adam", tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    >>> bnn.fit(x_train, y_train, epochs=100)      # logs loss = nll + kl
+    >>> history = bnn.fit(x_train, y_train, epochs=2, verbose=0)      # logs loss = nll + kl
+    >>> sorted(history.history)
+    ['kl', 'loss', 'nll']
 """
 import warnings
 

@@ -362,7 +362,7 @@ def uci_num_splits(path):
       path: the dataset folder, holding ``data.txt`` itself or in a ``data/`` subfolder.
 
     Example:
-      >>> uci_num_splits("../shared/data/uci/bostonHousing")
+      >>> uci_num_splits("../shared/data/uci/bostonHousing")  # doctest: +SKIP
       20
     """
     folder = _uci_folder(path)
@@ -390,8 +390,8 @@ def load_uci(path, split=0):
       split: which split, ``0 <= split < uci_num_splits(path)``.
 
     Example:
-      >>> d = load_uci("../shared/data/uci/bostonHousing", split=0)
-      >>> d.x_train.shape, d.y_train.shape, d.n_hidden
+      >>> d = load_uci("../shared/data/uci/bostonHousing", split=0)  # doctest: +SKIP
+      >>> d.x_train.shape, d.y_train.shape, d.n_hidden  # doctest: +SKIP
       ((455, 13), (455, 1), 50)
     """
     folder = _uci_folder(path)

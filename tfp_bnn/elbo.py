@@ -36,7 +36,9 @@ def kl_weight_from(num_train_examples=None, kl_weight=None):
         kl_weight: an explicit positive weight; overrides N.
 
     Example:
+        >>> x, y = np.zeros((150, 4), "float32"), np.zeros(150, "int32")
         >>> kl_weight_from(tf.data.Dataset.from_tensor_slices((x, y)).shuffle(100).batch(32))
+        0.006666666666666667
     """
     if kl_weight is not None:
         return options.number("kl_weight", kl_weight, 0, strict=True)
@@ -87,6 +89,7 @@ def num_examples(dataset):
     twice), raise a ValueError: pass ``num_train_examples=N`` explicitly.
 
     Example:
+        >>> x, y = np.zeros((150, 4), "float32"), np.zeros(150, "int32")
         >>> num_examples(tf.data.Dataset.from_tensor_slices((x, y)).shuffle(100).batch(32))
         150
     """

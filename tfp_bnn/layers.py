@@ -19,6 +19,8 @@ What differs from the TFP parents comes from the one Bayesian base, `tfp_bnn.bay
 
 Example:
     >>> layer = DenseFlipout(64, activation="relu", prior="normal", kl_weight=1 / 120)
+    >>> layer(tf.ones((2, 4))).shape
+    TensorShape([2, 64])
 """
 from tfp_bnn import bayesian, options
 from tfp_bnn import posteriors as posteriors_lib

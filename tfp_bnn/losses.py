@@ -22,10 +22,13 @@ for fixed ``L_t`` the optimum is ``s_t = log L_t`` (regression and simple) or
 ``log(2 L_t)`` (classification).
 
 Example:
-    >>> model.compile("adam", tfp_bnn.losses.GaussianNLL())
+    >>> y_pred = tf.constant([[0.0, 1.0]])                 # mean 0, std 1
+    >>> float(tfp_bnn.losses.GaussianNLL()([[0.0]], y_pred))  # 0.5 log(2 pi)
+    0.9189...
     >>> weighting = tfp_bnn.losses.MultiTaskUncertaintyWeighting(
     ...     task_types=["regression", "classification"])
-    >>> total = weighting([mse_depth, xent_segmentation])   # inside a GradientTape
+    >>> float(weighting([2.0, 1.0]))    # s = 0: 0.5 * 2 + 1 (inside a GradientTape in training)
+    2.0
 
 References:
     Nix & Weigend 1994; Kendall & Gal, NeurIPS 2017. Kendall, Gal & Cipolla, "Multi-Task

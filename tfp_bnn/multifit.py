@@ -134,6 +134,8 @@ class MultiFit:
         `DeepEnsemble.fit` sees the data in its own order.
 
         Example:
+            >>> x = np.random.default_rng(0).normal(size=(64, 3)).astype("float32")
+            >>> y = x.sum(axis=1, keepdims=True)
             >>> def build():
             ...     net = tf_keras.Sequential([tf_keras.Input((3,)), tf_keras.layers.Dense(1)])
             ...     net.compile(tf_keras.optimizers.Adam(0.05), "mse")

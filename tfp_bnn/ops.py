@@ -17,8 +17,12 @@ keyed by the operation's module and class (``keras.src.ops.numpy.Mean`` -> "nump
 relu6(x + 3) / 6, tf_keras's is clip(0.2 x + 0.5, 0, 1)) become functions registered here.
 
 Example:
+    >>> import keras
+    >>> x = keras.Input((3,))
     >>> k3 = keras.Model(x, keras.ops.mean(x * 0.5, axis=1))
     >>> tf_model = tfp_bnn.replay.replay(k3)   # two Operation layers: multiply, mean
+    >>> float(tf_model(np.ones((1, 3), "float32"))[0])
+    0.5
 """
 import numpy as np
 

@@ -12,9 +12,13 @@ Priors are configuration, not closures: ``get_config`` returns plain numbers, so
 holds no marshalled Python bytecode.
 
 Example:
-    >>> priors.get("normal")                   # Normal(loc=0, scale=1)
-    >>> priors.get({"class_name": "ScaleMixture", "config": {"pi": 0.25}})
-    >>> priors.get(priors.Laplace(scale=0.1))
+    >>> from tfp_bnn import priors
+    >>> type(priors.get("normal")).__name__                   # Normal(loc=0, scale=1)
+    'Normal'
+    >>> priors.get({"class_name": "ScaleMixture", "config": {"pi": 0.25}}).get_config()["pi"]
+    0.25
+    >>> type(priors.get(priors.Laplace(scale=0.1))).__name__
+    'Laplace'
 """
 import math
 

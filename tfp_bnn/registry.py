@@ -13,12 +13,17 @@ registered `CustomScale`, `LayerScale`, `StochasticDepth` below so the rebuilt m
 loads from ``.keras`` without custom objects.
 
 Example:
+    >>> import keras
     >>> class Scale(keras.layers.Layer):                  # a user's Keras 3 layer
     ...     def __init__(self, factor, **kw): super().__init__(**kw); self.factor = factor
     ...     def call(self, x): return x * self.factor
     >>> tfp_bnn.register_layer(Scale, lambda layer: tf_keras.layers.Rescaling(
     ...     layer.factor, name=layer.name))
+    >>> x = keras.Input((4,))
+    >>> model_with_scale = keras.Model(x, keras.layers.Dense(2)(Scale(0.5)(x)))
     >>> bnn = tfp_bnn.bayesify(model_with_scale, num_train_examples=1000)
+    >>> [type(l).__name__ for l in bnn.layers[1:]]
+    ['Rescaling', 'DenseFlipout']
 """
 import inspect
 
@@ -46,6 +51,10 @@ def register_layer(layer_class, builder):
             same function with the same weights in the same order (the replay copies them).
 
     Example:
+        >>> import keras
+        >>> class MyScale(keras.layers.Layer):
+        ...     def __init__(self, factor, **kw): super().__init__(**kw); self.factor = factor
+        ...     def call(self, x): return x * self.factor
         >>> tfp_bnn.register_layer(MyScale, lambda l: tf_keras.layers.Rescaling(l.factor,
         ...                                                                    name=l.name))
     """

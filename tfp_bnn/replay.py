@@ -22,12 +22,16 @@ belongs there).
 substring of a user class's name); a new kind is one more name in `KINDS`.
 
 Example:
-    >>> copy = replay.replay(keras3_model)                    # a faithful tf_keras copy
-    >>> def hook(layer):                                      # Dense -> something else
+    >>> from tfp_bnn import replay
+    >>> model = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(3)])
+    >>> copy = replay.replay(model)                    # a faithful tf_keras copy (of Keras 3 too)
+    >>> def hook(layer):                               # Dense -> a wider Dense, fresh weights
     ...     if replay.kind(layer) == "Dense":
-    ...         new = MyDense(layer.get_config()["units"], name=layer.name)
-    ...         return replay.Replacement(new, copy_weights=lambda: new.load(layer))
+    ...         new = tf_keras.layers.Dense(2 * layer.get_config()["units"], name=layer.name)
+    ...         return replay.Replacement(new)
     >>> new_model = replay.replay(model, hook, name="swapped")
+    >>> new_model.output_shape
+    (None, 6)
 """
 import inspect
 import sys

@@ -18,9 +18,13 @@ process killed outright (SIGKILL, power loss) is removed by the next run for the
 `verify` checks a folder against its manifest before `tfp_bnn.train.load` trusts it.
 
 Example:
+    >>> import os
+    >>> model = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(2)])
     >>> with Staging("runs/train", overwrite=False, owned=("model.keras",)) as stage:
     ...     model.save(os.path.join(stage.path, "model.keras"))
     ...     stage.commit()
+    >>> "model.keras" in os.listdir("runs/train")
+    True
 """
 import ctypes
 import hashlib

@@ -27,6 +27,8 @@ the current call. The weights use Keras' layouts (gates i, f, c, o and z, r, h; 
 
 Example:
     >>> layer = LSTMFlipout(32, return_sequences=True, kl_weight=1 / 5000)
+    >>> layer(tf.ones((2, 7, 3))).shape                     # [batch, time, units]
+    TensorShape([2, 7, 32])
 
 References:
     Fortunato, Blundell & Vinyals, "Bayesian Recurrent Neural Networks", arXiv:1704.02798, 2017.

@@ -20,8 +20,9 @@ S x B x (widest layer) float32 values at once; a request above the memory this m
 available is refused before any allocation is tried.
 
 Example:
-    >>> model = load_model("runs/train/model.keras")
-    >>> check_sample_memory(model, num_samples=100, batch_size=256)
+    >>> tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(2)]).save("model.keras")
+    >>> model = load_model("model.keras")          # safe_mode: a Lambda's code is refused
+    >>> check_sample_memory(model, num_samples=100, batch_size=256)   # fits: no error
 """
 import json
 import math

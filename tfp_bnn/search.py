@@ -7,7 +7,7 @@ that a coarse grid guards against a poor start.
 
 Example:
     >>> x, index = grid_golden_max(lambda g: -(g - 0.3) ** 2, np.linspace(-1.0, 1.0, 11))
-    >>> round(x, 4), index
+    >>> round(float(x), 4), index
     (0.3, 6)
 
 References:

@@ -16,10 +16,18 @@ support. ``(x_val, y_val)`` must not be in ``(x, y)``: carve it from the trainin
 use the test set.
 
 Example:
-    >>> build = lambda: compile_(tfp_bnn.bayesify(backbone(), num_train_examples=len(x_fit)))
-    >>> sel = select_kl_multiplier(build, x_fit, y_fit, x_val, y_val, epochs=100, batch_size=32)
-    >>> sel.multiplier, sel.val_nll          # e.g. 0.1, {1.0: 0.31, 0.3: 0.17, 0.1: 0.09, ...}
-    >>> tfp_bnn.predict(sel.model, x_test, num_samples=100)
+    >>> x = np.random.default_rng(0).normal(size=(40, 4)).astype("float32")
+    >>> y = (x[:, 0] > 0).astype("int32")
+    >>> def build():
+    ...     net = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(2)])
+    ...     bnn = tfp_bnn.bayesify(net, num_train_examples=30)
+    ...     bnn.compile("adam", tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    ...     return bnn
+    >>> sel = select_kl_multiplier(build, x[:30], y[:30], x[30:], y[30:], epochs=2,
+    ...                            batch_size=16)
+    >>> sel.multiplier in sel.val_nll        # the grid point with the lowest validation NLL
+    True
+    >>> pred = tfp_bnn.predict(sel.model, x[30:], num_samples=20)
 
 References:
     Wenzel et al., "How Good is the Bayes Posterior in Deep Neural Networks Really?", ICML 2020.

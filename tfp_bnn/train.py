@@ -20,9 +20,14 @@
                row per example with the uncertainty decomposition in the target's units
 
 Example:
-    >>> from tfp_bnn import train
-    >>> metrics = train.run("runs/iris", target="species", csv=data.iris_csv_path())
-    >>> train.predict_csv("runs/iris", "new_flowers.csv", "predictions.csv", num_samples=100)
+    >>> import shutil
+    >>> from tfp_bnn import data, train
+    >>> metrics = train.run("runs/train", target="species", csv=data.iris_csv_path(),
+    ...                     config=train.TrainConfig(epochs=2), log=lambda *args, **kwargs: None)
+    >>> new_flowers = shutil.copy(data.iris_csv_path(), "new_flowers.csv")
+    >>> pred = train.predict_csv("runs/train", "new_flowers.csv", "predictions.csv", num_samples=10)
+    >>> pred.probabilities.shape, open("predictions.csv").readline().split(",")[0]
+    ((150, 3), 'index')
 """
 import dataclasses
 import json

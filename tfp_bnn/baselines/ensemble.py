@@ -14,9 +14,20 @@ uniformly drawn member's output; in the context's "mean" mode (the export's ``de
 signature) it returns the members' mean output.
 
 Example:
-    >>> ens = tfp_bnn.DeepEnsemble(build_fn, num_members=5)
-    >>> ens.fit(x_train, y_train, epochs=100, batch_size=32, verbose=0)
-    >>> pred = tfp_bnn.predict(ens.as_model(), x_test, num_samples=5)
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(40, 4)).astype("float32")
+    >>> y = (x[:, 0] > 0).astype("int32")                        # two classes
+    >>> def build_fn():
+    ...     net = tf_keras.Sequential([tf_keras.Input((4,)),
+    ...                                tf_keras.layers.Dense(8, activation="relu"),
+    ...                                tf_keras.layers.Dense(2)])
+    ...     net.compile("adam", tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    ...     return net
+    >>> ens = tfp_bnn.DeepEnsemble(build_fn, num_members=3)
+    >>> histories = ens.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    >>> pred = tfp_bnn.predict(ens.as_model(), x[:5], num_samples=3)   # each member once
+    >>> pred.probabilities.shape
+    (5, 2)
 
 References:
     Lakshminarayanan, Pritzel & Blundell, "Simple and Scalable Predictive Uncertainty

@@ -18,8 +18,13 @@ plus the posterior precision ``H + delta I`` and the variance of the linearised 
 `tfp_bnn.options.Hessian` to its class; a new structure is one more class and one more key.
 
 Example:
+    >>> from tfp_bnn.options import Hessian
+    >>> rng = np.random.default_rng(0)
+    >>> phi = rng.normal(size=(20, 3))                       # last-layer features [N, rows]
+    >>> p = np.full((20, 2), 0.5)                            # predicted probabilities [N, C]
     >>> s = STRUCTURES[Hessian.KRON].classification(phi, p)
-    >>> s.function_variance(phi_test, delta=1.0)            # [B, C]
+    >>> s.function_variance(phi[:4], delta=1.0).shape        # [B, C]
+    (4, 2)
 
 References:
     Ritter, Botev & Barber, "A Scalable Laplace Approximation for Neural Networks", ICLR 2018;

@@ -13,8 +13,13 @@ uniform draws cost half as much as thresholding normals); in the context's "mean
 export's ``deterministic`` signature) dropout is the identity.
 
 Example:
+    >>> model = tf_keras.Sequential([tf_keras.Input((4,)),
+    ...                              tf_keras.layers.Dense(8, activation="relu"),
+    ...                              tf_keras.layers.Dense(3)])
     >>> mcd = tfp_bnn.mc_dropout(model, rate=0.1, where="before_dense")
-    >>> pred = tfp_bnn.predict(mcd, x_test, num_samples=100)
+    >>> pred = tfp_bnn.predict(mcd, np.ones((2, 4), "float32"), num_samples=100, seed=0)
+    >>> pred.probabilities.shape, bool((pred.mutual_information > 0).all())
+    ((2, 3), True)
 
 References:
     Gal & Ghahramani, "Dropout as a Bayesian Approximation", ICML 2016.
@@ -133,8 +138,15 @@ def mc_dropout(model, rate=0.1, where="before_dense", task=None):
         `tfp_bnn.export_savedmodel`, or to fine-tune with dropout on.
 
     Example:
+        >>> model = tf_keras.Sequential([tf_keras.Input((4,)),
+        ...                              tf_keras.layers.Dense(8, activation="relu"),
+        ...                              tf_keras.layers.Dense(3)])
         >>> mcd = tfp_bnn.mc_dropout(model, rate=0.1)
-        >>> tfp_bnn.predict(mcd, x, num_samples=100).mutual_information
+        >>> [type(l).__name__ for l in mcd.layers[1:]]   # dropout before the second Dense
+        ['Dense', 'MCDropout', 'Dense']
+        >>> pred = tfp_bnn.predict(mcd, np.ones((2, 4), "float32"), num_samples=100)
+        >>> pred.mutual_information.shape
+        (2,)
     """
     rate = options.probability("rate", rate)
     where = options.choice("where", where, Placement, what="placement")

@@ -26,9 +26,21 @@ Two ways to predict:
     ``num_samples = num_draws``.
 
 Example:
-    >>> swag = tfp_bnn.callbacks.SWAG(start_epoch=50, max_rank=20)
-    >>> model.fit(x, y, epochs=100, callbacks=[swag])
-    >>> pred = tfp_bnn.predict(swag.as_model(scale=0.5), x_test, num_samples=30)
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(40, 4)).astype("float32")
+    >>> y = (x[:, 0] > 0).astype("int32")                        # two classes
+    >>> def build_fn():
+    ...     net = tf_keras.Sequential([tf_keras.Input((4,)),
+    ...                                tf_keras.layers.Dense(8, activation="relu"),
+    ...                                tf_keras.layers.Dense(2)])
+    ...     net.compile("adam", tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    ...     return net
+    >>> model = build_fn()
+    >>> swag = tfp_bnn.callbacks.SWAG(start_epoch=2, max_rank=3)
+    >>> history = model.fit(x, y, epochs=6, batch_size=8, callbacks=[swag], verbose=0)
+    >>> pred = tfp_bnn.predict(swag.as_model(scale=0.5), x[:5], num_samples=30)
+    >>> pred.probabilities.shape
+    (5, 2)
 
 References:
     Maddox, Garipov, Izmailov, Vetrov & Wilson, "A Simple Baseline for Bayesian Uncertainty in
