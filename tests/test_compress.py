@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import tfp_bnn
-from tfp_bnn import priors, sampling
+from tfp_bnn import sampling
 from tfp_bnn._keras import tf, tf_keras
 from tfp_bnn.sparse import UnitScale
 

@@ -81,7 +81,7 @@ def test_unit_scale_sample_copy_s_uses_draw_s():
     x = np.random.default_rng(0).normal(size=(2, 3, 4)).astype("float32")
     layer(x)
     seed = tf.constant([5, 6], tf.int64)
-    with sampling.mc_sampling(3, seed) as ctx:
+    with sampling.mc_sampling(3, seed):
         y = layer(tf.tile(x, [3, 1, 1])).numpy().reshape(3, 2, 3, 4)
     ratio = y / x[None]  # each copy is x times its own z, the same for every example and position
     np.testing.assert_allclose(ratio, np.broadcast_to(ratio[:, :1, :1], ratio.shape), rtol=1e-4)

@@ -295,13 +295,15 @@ class LogUniform(Prior):
 class GroupNormalJeffreys(Normal):
     """Group normal-Jeffreys prior (Louizos et al. 2017): a scale z per unit or filter.
 
-        z_j ~ p(z) ∝ 1/|z|,            w~_ij ~ N(0, 1),      unit j outputs z_j act(x . w~_j + b_j)
+        z_j ~ p(z) ∝ 1/|z|,          w~_ij ~ N(0, 1),     unit j outputs z_j act(x . w~_j + b_j)
         q(z_j) = N(mu_j, sigma_j^2),   q(w~) = N(m, s^2)
         KL = sum_j KL(q(z_j) || p(z)) + sum_ij KL(N(m, s^2) || N(0, 1))
 
-    ``w_ij = z_j w~_ij`` with ``p(w | z) = N(0, z^2)`` makes the second term free of z (their
-    eq. 9), so the layer's kernels keep the closed-form Normal KL and the unit scales take the
-    log-uniform KL (`LogUniform`, eq. 14 of Molchanov et al.). `tfp_bnn.bayesify` follows every
+    z_j scales unit j's output, so the next layer sees the weights ``w_jk = z_j w~_jk`` (the
+    paper's z on a layer's input units); ``p(w | z) = N(0, z^2)`` with ``q(w | z) =
+    N(z m, z^2 s^2)`` makes the second term free of z (their eq. 9), so the kernels keep the
+    closed-form Normal KL and the unit scales take the log-uniform KL (`LogUniform`, eq. 14 of
+    Molchanov et al.). `tfp_bnn.bayesify` follows every
     hidden Dense/Conv layer by a `tfp_bnn.sparse.UnitScale` holding z; the output layer keeps
     its units. A unit whose log alpha_z exceeds the threshold is off, and `tfp_bnn.compress`
     removes it from the layer and the next layer's inputs.

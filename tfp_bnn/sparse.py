@@ -65,7 +65,8 @@ class UnitScale(BayesianLayer, tf_keras.layers.Layer):
         return list(self._parts)
 
     def _broadcast(self, z, rank):
-        """[..., C] scales shaped to multiply a rank-``rank`` input on `axis` (leading axes kept)."""
+        """[..., C] scales shaped to multiply a rank-``rank`` input on `axis` (leading axes
+        kept)."""
         axis = self.axis % rank
         lead = z.shape.rank - 1
         return tf.reshape(z, tf.concat([tf.shape(z)[:lead], [1] * (axis - lead), [-1],
