@@ -24,6 +24,8 @@ Example:
     >>> float(tf_model(np.ones((1, 3), "float32"))[0])
     0.5
 """
+import json
+
 import numpy as np
 
 from tfp_bnn._keras import tf, tf_keras
@@ -361,7 +363,11 @@ class Operation(tf_keras.layers.Layer):
         super().__init__(**kwargs)
         if op not in TABLE:
             raise ValueError(f"op={op!r} is not in tfp_bnn.ops.TABLE")
-        self.op, self.arguments, self.attributes = op, arguments, dict(attributes or {})
+        self.op = op
+        # JSON text, not lists and dicts: a layer would wrap those for tracking, and the
+        # wrappers are not JSON.
+        self._arguments = json.dumps(arguments)
+        self._attributes = json.dumps(attributes or {})
         self.supports_masking = True
 
     @classmethod
@@ -372,8 +378,10 @@ class Operation(tf_keras.layers.Layer):
         return cls(op, arguments, _encode(dict(attributes), []), name=name), tensors
 
     def call(self, inputs):
-        args, kwargs = _decode(self.arguments, list(inputs))
-        return TABLE[self.op](*args, **kwargs, **_decode(self.attributes, []))
+        # A functional model hands a layer called on a one-tensor list that tensor alone.
+        tensors = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        args, kwargs = _decode(json.loads(self._arguments), tensors)
+        return TABLE[self.op](*args, **kwargs, **_decode(json.loads(self._attributes), []))
 
     def compute_mask(self, inputs, mask=None):
         # A Keras 3 operation propagates no mask; neither does its rebuild.
@@ -382,5 +390,6 @@ class Operation(tf_keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.pop("autocast", None)
-        config.update(op=self.op, arguments=self.arguments, attributes=self.attributes)
+        config.update(op=self.op, arguments=json.loads(self._arguments),
+                      attributes=json.loads(self._attributes))
         return config
