@@ -30,7 +30,7 @@ from tfp_bnn import layers as bl
 from tfp_bnn import options
 from tfp_bnn import posteriors as posteriors_lib
 from tfp_bnn import priors as priors_lib
-from tfp_bnn import kernel_layer, replay, rnn, sparse, tasks
+from tfp_bnn import kernel_layer, ops, replay, rnn, sparse, tasks
 from tfp_bnn._keras import tf_keras
 from tfp_bnn.elbo import BayesianModel, kl_weight_from
 from tfp_bnn.options import Estimator
@@ -187,8 +187,8 @@ class _Bayesify:
             # 16 bits (sigma < 6e-8 is 0 in float16). Keras casts its inputs up and the next
             # layer's inputs back down; the other layers keep the mixed policy.
             dtype=str(layer.dtype),
-            activation=tf_keras.activations.serialize(
-                tf_keras.activations.get(config.get("activation"))),
+            activation=ops.activation(config.get("activation"),
+                                      keras3=not isinstance(layer, tf_keras.layers.Layer)),
             use_bias=config.get("use_bias", True),
             kernel_initializer=config.get("kernel_initializer", "glorot_uniform"),
             bias_initializer=config.get("bias_initializer", "zeros"),
