@@ -103,7 +103,7 @@ def accuracy(model):
     return float(np.mean(np.argmax(model.predict(x_test, verbose=0), -1) == y_test))
 
 
-sparse_vd = train("log_uniform", 1e-3, 50)
+sparse_vd = train("log_uniform", 1e-3, 100)
 result = tfp_bnn.compress(sparse_vd, threshold=3.0)
 print(f"compressed test accuracy {accuracy(result.model):.3f}, "
       f"weights kept {100 * result.report['nonzero_fraction']:.2f} %, "
