@@ -200,8 +200,6 @@ def test_mobilenet_v3_small_every_convertible_layer_becomes_bayesian():
     convertible = [l for l in replay.all_layers(source) if convert._is_convertible_class(l)]
     assert sum(type(l) in BAYESIAN for l in replay.all_layers(bnn)) == len(convertible) == 54
     x = np.random.default_rng(0).uniform(0, 255, size=(2, 32, 32, 3)).astype("float32")
-    bnn.compile("adam", tf_keras.losses.SparseCategoricalCrossentropy())
-    assert np.isfinite(bnn.train_on_batch(x, np.array([1, 2]))[0])
     np.testing.assert_allclose(tfp_bnn.predict(bnn, x, num_samples=2, seed=0)
                                .probabilities.sum(-1), 1.0, atol=1e-5)
 

@@ -1,9 +1,10 @@
-"""bayesify(): rebuild a Keras model as a tf_keras model whose Dense/Conv/RNN layers are Bayesian.
+"""bayesify(): rebuild a Keras model in tf_keras with Bayesian Dense/Conv/attention/RNN layers.
 
 The source model (tf_keras or Keras 3; Sequential, Functional, nested) is replayed as new
 tf_keras layers by `tfp_bnn.replay`; this module only says which layers become Bayesian and
-how: selected Dense, Conv1D/2D/3D, LSTM, GRU and SimpleRNN layers (Bidirectional- and
-TimeDistributed-wrapped ones too) become the registered Bayesian subclasses of
+how: selected Dense, Conv1D/2D/3D (grouped too), depthwise, separable and transposed
+convolutions, EinsumDense, MultiHeadAttention, LSTM, GRU and SimpleRNN layers (Bidirectional-
+and TimeDistributed-wrapped ones too) become the registered Bayesian classes of
 `tfp_bnn.layers` (`ESTIMATORS`); every other layer is copied with its weights. The source
 model is never modified.
 
@@ -265,7 +266,8 @@ def bayesify(model, estimator="flipout", prior="normal", posterior=None, num_tra
              = -ELBO / N
 
     Args:
-        model: a tf_keras or Keras 3 model, Sequential or Functional, with defined inputs.
+        model: a tf_keras or Keras 3 model, Sequential or Functional, with defined inputs, or a
+            tf_keras subclassed model that has been called (its ``call`` is traced).
         estimator: "flipout", "reparameterization" or "local_reparameterization" (Dense only).
         prior: a prior name (see `tfp_bnn.priors.PRIORS`), dict, or `tfp_bnn.priors` instance.
             "log_uniform": sparse variational dropout; "group_normal_jeffreys": a Bayesian
@@ -302,8 +304,8 @@ def bayesify(model, estimator="flipout", prior="normal", posterior=None, num_tra
         task = tasks.infer(model) if task is None else tasks.resolve(model, task)
 
     if not any(_is_convertible_class(l) for l in replay.all_layers(model)):
-        raise ValueError(f"model {model.name!r} has no Dense, Conv or RNN (LSTM/GRU/SimpleRNN) "
-                         "layer to make Bayesian.")
+        raise ValueError(f"model {model.name!r} has no Dense, Conv or RNN layer to make "
+                         f"Bayesian (the kinds converted: {', '.join(replay.KINDS)}).")
 
     hook = _Bayesify(estimator, prior, posterior, weight, select,
                      replay.output_layers(model) if graph else ())

@@ -13,10 +13,12 @@ pattern; a per-layer ``hook`` decides what stands in for each source layer:
 The source model is never modified: new layers get copies of its weights once the new graph is
 built. A layer shared by several calls is replaced once and the replacement is called at each
 of them; masks propagate as Keras propagates them. Keras 3 layer configs are translated to
-tf_keras (`to_tf_keras_config`); a recorded node that is not a layer (a Keras 3 operation such
-as ``x + y``) goes through `_operation_call`, the one place that decides what stands in for an
-operation (today a clear error naming the layer to use; a table of translated operations
-belongs there).
+tf_keras (`to_tf_keras_config`, activation names through `tfp_bnn.ops.activation`); a custom
+layer class is rebuilt by its builder in `tfp_bnn.registry` (Keras's application layers are
+registered there; `tfp_bnn.register_layer` adds a user's). A recorded node that is not a layer
+(a Keras 3 operation such as ``x + y`` or ``keras.ops.mean``) goes through `_operation_call`:
+a `tfp_bnn.ops.Operation` layer running the operation's entry of `tfp_bnn.ops.TABLE`. A tf_keras
+subclassed model has no graph: its ``call`` is traced on symbolic inputs (`_Replayer.graph`).
 
 `kind` is the one classification of convertible layer kinds, by built-in class (never by a
 substring of a user class's name); a new kind is one more name in `KINDS`.
