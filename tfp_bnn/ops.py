@@ -201,6 +201,17 @@ def _squeeze(x, axis=None):
     return tf.squeeze(x, axis=axis)
 
 
+def _tril(x, k=0):
+    # band_part(x, lower, upper) keeps i - j <= lower and j - i <= upper (-1: all).
+    band = tf.linalg.band_part
+    return band(x, -1, k) if k >= 0 else x - band(x, -k - 1, -1)
+
+
+def _triu(x, k=0):
+    band = tf.linalg.band_part
+    return x - band(x, -1, k - 1) if k > 0 else band(x, -k, -1)
+
+
 def _pad(x, constant_values=None, pad_width=None, mode="constant"):
     return tf.pad(x, pad_width, mode=mode.upper(), constant_values=constant_values or 0)
 
@@ -212,7 +223,8 @@ TABLE = {
     "numpy.TrueDivide": _binary(tf.divide), "numpy.FloorDivide": _binary(tf.math.floordiv),
     "numpy.Mod": _binary(tf.math.floormod), "numpy.Power": _binary(tf.pow),
     "numpy.Maximum": _binary(tf.maximum), "numpy.Minimum": _binary(tf.minimum),
-    "numpy.Matmul": _binary(tf.linalg.matmul), "numpy.Dot": _binary(lambda a, b: tf.tensordot(a, b, 1)),
+    "numpy.Matmul": _binary(tf.linalg.matmul),
+    "numpy.Dot": _binary(lambda a, b: tf.tensordot(a, b, 1)),
     "numpy.Logaddexp": _binary(lambda a, b: tf.reduce_logsumexp(tf.stack([a, b]), axis=0)),
     "numpy.Equal": _binary(tf.equal), "numpy.NotEqual": _binary(tf.not_equal),
     "numpy.Greater": _binary(tf.greater), "numpy.GreaterEqual": _binary(tf.greater_equal),
@@ -268,8 +280,7 @@ TABLE = {
     "numpy.Tensordot": lambda x1, x2, axes=2: tf.tensordot(x1, x2, axes),
     "numpy.OnesLike": lambda x, dtype=None: tf.ones_like(x, dtype=dtype),
     "numpy.ZerosLike": lambda x, dtype=None: tf.zeros_like(x, dtype=dtype),
-    "numpy.Tril": lambda x, k=0: tf.linalg.band_part(x, -1, k) if k >= 0 else x - tf.linalg.band_part(x, -k - 1, -1),
-    "numpy.Triu": lambda x, k=0: x - tf.linalg.band_part(x, -1, k - 1) if k > 0 else tf.linalg.band_part(x, -k, -1),
+    "numpy.Tril": _tril, "numpy.Triu": _triu,
     "core.Cast": lambda x, dtype: tf.cast(x, dtype),
     "core.ConvertToTensor": lambda x, dtype=None, sparse=None, ragged=None: (
         tf.cast(x, dtype) if dtype else tf.identity(x)),

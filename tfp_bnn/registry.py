@@ -1,4 +1,4 @@
-"""Custom layers the graph replay can rebuild: layer class -> builder of an equivalent tf_keras layer.
+"""Custom layers the graph replay rebuilds: layer class -> builder of an equivalent tf_keras layer.
 
 `tfp_bnn.replay` rebuilds built-in Keras layers from their configs. A custom layer class (a
 user's own Keras 3 layer, or one Keras ships inside an application module) needs a builder:

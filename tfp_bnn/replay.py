@@ -42,9 +42,9 @@ from typing import Callable, NamedTuple, Optional
 from tfp_bnn import ops, registry
 from tfp_bnn._keras import is_keras3_model, is_tf_keras_model, keras3, tf, tf_keras
 
-__all__ = ["KINDS", "RNN_KINDS", "KERNEL_KINDS", "Replacement", "replay", "copy", "kind", "builtin",
-           "subclasses_a_kind", "is_model", "has_graph", "is_sequential", "all_layers", "output_layers",
-           "is_input_tensor", "to_tf_keras_config", "tf_keras_config"]
+__all__ = ["KINDS", "RNN_KINDS", "KERNEL_KINDS", "Replacement", "replay", "copy", "kind",
+           "builtin", "subclasses_a_kind", "is_model", "has_graph", "is_sequential", "all_layers",
+           "output_layers", "is_input_tensor", "to_tf_keras_config", "tf_keras_config"]
 
 RNN_KINDS = ("LSTM", "GRU", "SimpleRNN")
 # The kinds TFP has no layer for (tfp_bnn.conv_kinds, tfp_bnn.attention); a Conv1D/2D/3D with
