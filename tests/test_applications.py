@@ -321,3 +321,11 @@ def test_application_layers_are_rebuilt_with_their_weights(which, tmp_path):
     loaded = tf_keras.models.load_model(tmp_path / "m.keras")
     np.testing.assert_allclose(np.asarray(sampling.mean_outputs(loaded, x)),
                                np.asarray(sampling.mean_outputs(bnn, x)), rtol=1e-6)
+
+
+def test_a_layer_name_that_is_no_scope_name_converts():
+    # tf_keras's RegNet names its head "1head_dense"; posteriors are modules named after it
+    inp = tf_keras.Input((3,))
+    source = tf_keras.Model(inp, tf_keras.layers.Dense(2, name="1head_dense")(inp))
+    bnn = tfp_bnn.bayesify(source, kl_weight=0.1, task="regression")
+    assert [l.name for l in bnn.layers if type(l) in BAYESIAN] == ["layer_1head_dense"]

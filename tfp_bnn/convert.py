@@ -23,6 +23,7 @@ Example:
     >>> sorted(history.history)
     ['kl', 'loss', 'nll']
 """
+import re
 import warnings
 
 import numpy as np
@@ -69,6 +70,17 @@ _UNFAITHFUL = {
     **{key: "a weight regularizer or constraint has no meaning on a distribution; use the prior"
        for key in kernel_layer.UNSUPPORTED_OPTIONS if key.startswith(("depthwise", "pointwise"))},
 }
+
+
+def _scope_name(name):
+    """``name``, or the nearest valid TF name scope: a Bayesian layer's posteriors are tf.Modules
+    named after it, and a module name must be an identifier (tf_keras's RegNet names its head
+    "1head_dense")."""
+    if name.isidentifier():
+        return name
+    name = re.sub(r"\W", "_", name)
+    # (a root name scope may not start with "_")
+    return name if name.isidentifier() else "layer_" + name
 
 
 def _kind(layer):
@@ -180,7 +192,7 @@ class _Bayesify:
             return self._kernel_layer(cls, layer, name)
         config = replay.to_tf_keras_config(layer.get_config())
         common = dict(
-            name=name or config["name"], trainable=config.get("trainable", True),
+            name=_scope_name(name or config["name"]), trainable=config.get("trainable", True),
             # The variable dtype: float64 stays float64. Under a mixed policy ("mixed_float16",
             # "mixed_bfloat16") the Bayesian layer runs in plain float32, like the float32
             # output layer Keras recommends: softplus(rho), the weight draw and the KL, whose
@@ -214,7 +226,7 @@ class _Bayesify:
                                                        "value_shape"):
             config.pop(key, None)
         # float32 under a mixed policy, as `_bayesian` explains.
-        config.update(name=name or config["name"], dtype=str(layer.dtype))
+        config.update(name=_scope_name(name or config["name"]), dtype=str(layer.dtype))
         return cls(**config, prior=self.prior, posterior=self.posterior,
                    kl_weight=self.kl_weight)
 
