@@ -48,7 +48,8 @@ from tfp_bnn import posteriors as posteriors_lib
 from tfp_bnn import priors as priors_lib
 from tfp_bnn.bayesian import register
 from tfp_bnn._keras import tf, tf_keras, tfp
-from tfp_bnn.kernel_layer import UNSUPPORTED_OPTIONS, KernelLayer
+from tfp_bnn.kernel_layer import (UNSUPPORTED_OPTIONS, KernelLayer, drop_weight_options,
+                                  refuse_weight_options)
 
 __all__ = ["EinsumDenseFlipout", "EinsumDenseReparameterization", "MultiHeadAttentionFlipout",
            "MultiHeadAttentionReparameterization"]
@@ -148,11 +149,7 @@ class _BayesianAttention:
 
     def __init__(self, *args, prior="normal", posterior=None, kl_weight=1.0, seed=None,
                  **kwargs):
-        for key in UNSUPPORTED_OPTIONS:
-            if kwargs.get(key) is not None:
-                raise ValueError(f"{type(self).__name__} has weight distributions, not weights: "
-                                 f"{key} must be None (use the prior). "
-                                 f"Received: {key}={kwargs[key]!r}")
+        refuse_weight_options(type(self).__name__, kwargs)
         super().__init__(*args, **kwargs)
         self.prior = priors_lib.get(prior)
         self.posterior = posteriors_lib.get(posterior)
@@ -205,10 +202,7 @@ class _BayesianAttention:
         return super().from_config(dict(config))
 
     def get_config(self):
-        config = super().get_config()
-        for key in UNSUPPORTED_OPTIONS:
-            if config.get(key, 0) is None:
-                del config[key]
+        config = drop_weight_options(super().get_config())
         for key in ("query_shape", "key_shape", "value_shape"):
             if config.get(key) is not None:  # plain lists: the config stays JSON
                 config[key] = tf.TensorShape(config[key]).as_list()

@@ -40,13 +40,29 @@ from tfp_bnn import priors as priors_lib
 from tfp_bnn._keras import tf, tfp
 from tfp_bnn.bayesian import BayesianLayer
 
-__all__ = ["KernelLayer", "UNSUPPORTED_OPTIONS"]
+__all__ = ["KernelLayer", "UNSUPPORTED_OPTIONS", "refuse_weight_options", "drop_weight_options"]
 
 # Keras constructor options a weight distribution has no use for: a value other than None is
 # refused (bayesify leaves them out; the prior is the regulariser).
 UNSUPPORTED_OPTIONS = ("kernel_regularizer", "bias_regularizer", "kernel_constraint",
                        "bias_constraint", "depthwise_regularizer", "pointwise_regularizer",
                        "depthwise_constraint", "pointwise_constraint")
+
+
+def refuse_weight_options(layer_name, kwargs):
+    """A ValueError naming the first `UNSUPPORTED_OPTIONS` key of ``kwargs`` that is not None."""
+    for key in UNSUPPORTED_OPTIONS:
+        if kwargs.get(key) is not None:
+            raise ValueError(f"{layer_name} has weight distributions, not weights: {key} must "
+                             f"be None (use the prior). Received: {key}={kwargs[key]!r}")
+
+
+def drop_weight_options(config):
+    """``config`` without the `UNSUPPORTED_OPTIONS` keys that are None (they are implied)."""
+    for key in UNSUPPORTED_OPTIONS:
+        if config.get(key, 0) is None:
+            del config[key]
+    return config
 
 
 class KernelLayer(BayesianLayer):
@@ -70,11 +86,7 @@ class KernelLayer(BayesianLayer):
 
     def __init__(self, *args, prior="normal", posterior=None, kl_weight=1.0, seed=None,
                  **kwargs):
-        for key in UNSUPPORTED_OPTIONS:
-            if kwargs.get(key) is not None:
-                raise ValueError(f"{type(self).__name__} has weight distributions, not weights: "
-                                 f"{key} must be None (use the prior). "
-                                 f"Received: {key}={kwargs[key]!r}")
+        refuse_weight_options(type(self).__name__, kwargs)
         super().__init__(*args, **kwargs)
         initializer = getattr(self, self._kernel_specs[0][1])
         self._bayes_init(prior, posterior, kl_weight, self._uses_bias(), initializer,
@@ -264,8 +276,5 @@ class KernelLayer(BayesianLayer):
         config.update({"prior": priors_lib.serialize(self.prior),
                        "posterior": self.posterior.get_config(),
                        "kl_weight": self.base_kl_weight, "seed": self.seed})
-        for key in UNSUPPORTED_OPTIONS:
-            if config.get(key, 0) is None:
-                del config[key]
-        return config
+        return drop_weight_options(config)
 
