@@ -3,7 +3,6 @@ and one line on stderr."""
 import csv
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 
 import tfp_bnn
+from cli_helpers import main_exit, own_stderr
 from tfp_bnn import cli, data, train
 from tfp_bnn._keras import tf_keras
 
@@ -121,23 +121,6 @@ def test_default_body_matches_the_signature(exported):
 
 # --- train / predict / benchmark -------------------------------------------------------------
 
-# TensorFlow's C++ start-up log (absl lines printed at import, before any of our code runs and
-# not silenced by TF_CPP_MIN_LOG_LEVEL) is not the CLI's output; everything else on stderr is.
-_TF_LOG = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl|To enable the following"
-                     r"|\t|\s*$)")
-
-
-def _own_stderr(text):
-    return [line for line in text.splitlines() if not _TF_LOG.match(line)]
-
-
-def _main_exit(argv, capsys):
-    """Run cli.main in-process: (exit code, stderr lines); argparse errors exit via SystemExit."""
-    try:
-        code = cli.main(argv)
-    except SystemExit as stop:
-        code = stop.code
-    return code, capsys.readouterr().err.strip().splitlines()
 
 
 def _read_rows(path):
@@ -196,7 +179,7 @@ def test_train_writes_model_preprocessing_metrics_history(iris_model):
 def test_train_refuses_to_overwrite(iris_model, capsys):
     out, _ = iris_model
     before = (out / "model.keras").read_bytes()
-    code, err = _main_exit(["train", data.iris_csv_path(), "--target", "species",
+    code, err = main_exit(["train", data.iris_csv_path(), "--target", "species",
                             "--out", str(out)], capsys)
     assert code == 2 and len(err) == 1 and "--overwrite" in err[0] and "model.keras" in err[0]
     assert (out / "model.keras").read_bytes() == before
@@ -241,7 +224,7 @@ def test_predict_adds_the_label_column_and_refuses_to_overwrite(iris_model, tmp_
     got = _read_rows(result)
     assert len(got) == 150 and got[0]["label"] == "setosa" and got[-1]["label"] == "virginica"
     before = result.read_bytes()
-    code, err = _main_exit(["predict", str(out), data.iris_csv_path(), "--out", str(result)],
+    code, err = main_exit(["predict", str(out), data.iris_csv_path(), "--out", str(result)],
                            capsys)
     assert code == 2 and len(err) == 1 and "--overwrite" in err[0]
     assert result.read_bytes() == before
@@ -258,7 +241,7 @@ def test_predict_with_a_bare_keras_file_takes_every_column(saved_model_file, tmp
     assert len(got) == 2 and list(got[0])[:5] == ["index", "predicted", "prob_0", "prob_1",
                                                   "prob_2"]
     source.write_text("f1,f2,f3\n0.1,0.2,0.3\n")
-    code, err = _main_exit(["predict", str(saved_model_file), str(source), "--out",
+    code, err = main_exit(["predict", str(saved_model_file), str(source), "--out",
                             str(tmp_path / "p2.csv")], capsys)
     assert code == 2 and len(err) == 1 and "takes 4 features" in err[0]
 
@@ -345,7 +328,7 @@ def bad_csvs(tmp_path_factory):
 ])
 def test_bad_input_exits_2_with_one_line(argv, fragments, bad_csvs, iris_model, capsys):
     argv = [a.format(root=bad_csvs, model=iris_model[0]) for a in argv]
-    code, err = _main_exit(argv, capsys)
+    code, err = main_exit(argv, capsys)
     assert code == 2
     assert len(err) == 1, err
     assert err[0].startswith(f"tfp-bnn {argv[0]}: error: ")
@@ -358,7 +341,7 @@ def test_bad_input_in_a_subprocess_has_no_traceback(tmp_path):
     proc = _cli("train", str(tmp_path / "missing.csv"), "--target", "y", "--out",
                 str(tmp_path / "out"))
     assert proc.returncode == 2
-    assert _own_stderr(proc.stderr) == [
+    assert own_stderr(proc.stderr) == [
         f"tfp-bnn train: error: No CSV file at path={str(tmp_path / 'missing.csv')!r}"]
     assert proc.stdout == "" and not (tmp_path / "out").exists()
 
@@ -373,7 +356,7 @@ def test_benchmark_prints_tables_and_writes_json(tmp_path, capsys):
     assert {r["variant"] for r in rows} == {"deterministic", "mc", "naive_loop"}
     assert all(r["n"] == 3 and 0 < r["p50"] <= r["p95"] for r in rows)
     before = result.read_bytes()
-    code, err = _main_exit(["benchmark", "--models", "mlp", "--out", str(result)], capsys)
+    code, err = main_exit(["benchmark", "--models", "mlp", "--out", str(result)], capsys)
     assert code == 2 and len(err) == 1 and "--overwrite" in err[0]
     assert result.read_bytes() == before
 

@@ -4,7 +4,6 @@ import hashlib
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import stat
@@ -17,31 +16,17 @@ import numpy as np
 import pytest
 
 import tfp_bnn
+from cli_helpers import main_exit, own_stderr
 from tfp_bnn import cli, data, results, safety, train
 from tfp_bnn._keras import tf_keras
 from tfp_bnn.predict import NonFiniteOutputError
 
 IRIS = data.iris_csv_path()
-# TensorFlow's C++ start-up lines on stderr are not the CLI's output (as in test_cli.py).
-_TF_LOG = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl|To enable the following"
-                     r"|\t|\s*$)")
 
 
 def _cli(*args, **kwargs):
     return subprocess.run([sys.executable, "-m", "tfp_bnn.cli", *args], capture_output=True,
                           text=True, timeout=300, **kwargs)
-
-
-def _own_stderr(text):
-    return [line for line in text.splitlines() if not _TF_LOG.match(line)]
-
-
-def _main_exit(argv, capsys):
-    try:
-        code = cli.main(argv)
-    except SystemExit as stop:
-        code = stop.code
-    return code, capsys.readouterr().err.strip().splitlines()
 
 
 def _snapshot(root):
@@ -112,7 +97,7 @@ def test_hdf5_lambda_under_a_keras_name_is_refused_and_never_runs(lambda_h5, tmp
     for argv, proc in zip(commands, procs):
         _, stderr = proc.communicate(timeout=300)
         assert proc.returncode == 2, stderr[-2000:]
-        lines = _own_stderr(stderr)
+        lines = own_stderr(stderr)
         assert len(lines) == 1, lines
         assert lines[0].startswith(f"tfp-bnn {argv[0]}: error: MODEL={str(path)!r} is HDF5")
         assert "--unsafe-load" in lines[0]
@@ -181,7 +166,7 @@ def test_bad_tables_exit_2_naming_file_column_row(name, content, fragments, tmp_
     csv = tmp_path / name
     csv.write_bytes(content)
     before = _snapshot(tmp_path)
-    code, err = _main_exit(_train_args(tmp_path / "out", csv=csv, target="y"), capsys)
+    code, err = main_exit(_train_args(tmp_path / "out", csv=csv, target="y"), capsys)
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith("tfp-bnn train: error: ") and repr(str(csv)) in err[0]
     for fragment in fragments:
@@ -194,7 +179,7 @@ def test_huge_num_samples_fails_fast_with_a_memory_estimate(trained, tmp_path, c
                  ["predict", str(trained), IRIS, "--out", str(tmp_path / "p.csv"),
                   "--num-samples", "1000000000"]):
         start = time.time()
-        code, err = _main_exit(argv, capsys)
+        code, err = main_exit(argv, capsys)
         assert time.time() - start < 20  # refused by estimate, not after an allocation attempt
         assert code == 2 and len(err) == 1, err
         assert "num_samples=1000000000" in err[0] and "GiB" in err[0]
@@ -228,7 +213,7 @@ def test_output_places_are_checked_before_training(trained, tmp_path, capsys):
                   "--export-dir", str(blocker), "--quiet"], "--export-dir must be a folder"),
                 (["iris", "--epochs", "1", "--seeds", "1", "--out", str(tmp_path / "iris"),
                   "--export-dir", str(read_only / "exp"), "--quiet"], "is read-only")):
-            code, err = _main_exit(argv, capsys)
+            code, err = main_exit(argv, capsys)
             assert code == 2 and len(err) == 1 and fragment in err[0], (argv, err)
         assert time.time() - start < 20  # no training ran
         assert _snapshot(tmp_path) == before
@@ -241,7 +226,7 @@ def test_iris_export_dir_that_is_a_file_in_a_subprocess(tmp_path):
     blocker.write_text("x")
     proc = _cli("iris", "--out", str(tmp_path / "out"), "--export-dir", str(blocker))
     assert proc.returncode == 2
-    assert _own_stderr(proc.stderr) == [
+    assert own_stderr(proc.stderr) == [
         f"tfp-bnn iris: error: --export-dir must be a folder; it is an existing file. "
         f"Received: --export-dir={str(blocker)!r}"]
     assert sorted(os.listdir(tmp_path)) == ["export"] and blocker.read_text() == "x"
@@ -281,7 +266,7 @@ def test_predict_and_export_refuse_a_folder_that_is_not_as_written(damage, fragm
     for argv in (["predict", str(folder), IRIS, "--out", str(tmp_path / "p.csv")],
                  ["predict", str(folder / "model.keras"), IRIS, "--out", str(tmp_path / "p.csv")],
                  ["export", str(folder), str(tmp_path / "exp")]):
-        code, err = _main_exit(argv, capsys)
+        code, err = main_exit(argv, capsys)
         assert code == 2 and len(err) == 1, (argv, err)
         assert fragment in err[0] or (damage == "drop_manifest" and "without a manifest.json"
                                       in err[0]), (argv, err)
@@ -297,7 +282,7 @@ def test_a_complete_folder_without_preprocessing_is_never_predicted_unscaled(tra
     (folder / "preprocessing.json").unlink()
     results.write_manifest(str(folder))
     for model in (folder, folder / "model.keras"):
-        code, err = _main_exit(["predict", str(model), IRIS, "--out", str(tmp_path / "p.csv")],
+        code, err = main_exit(["predict", str(model), IRIS, "--out", str(tmp_path / "p.csv")],
                                capsys)
         assert code == 2 and len(err) == 1 and "holds no preprocessing.json" in err[0], err
     assert not (tmp_path / "p.csv").exists()
@@ -480,7 +465,7 @@ def test_regression_csv_row_of_3e38_exits_2_naming_the_row(regression_run, tmp_p
     lines[5] = "3e38,0.5,0.0"
     bad = tmp_path / "bad.csv"
     bad.write_text("\n".join(lines) + "\n")
-    code, err = _main_exit(["predict", str(out), str(bad), "--out", str(tmp_path / "p.csv")],
+    code, err = main_exit(["predict", str(out), str(bad), "--out", str(tmp_path / "p.csv")],
                            capsys)
     assert code == 2 and len(err) == 1, err
     assert f"{str(bad)!r} data row 5" in err[0]
@@ -514,7 +499,7 @@ def test_bad_seeds_are_errors_naming_seed(bnn, seed):
 
 
 def test_cli_seed_out_of_range_is_one_line(tmp_path, capsys):
-    code, err = _main_exit(_train_args(tmp_path / "out", seed=2 ** 70), capsys)
+    code, err = main_exit(_train_args(tmp_path / "out", seed=2 ** 70), capsys)
     assert code == 2 and len(err) == 1 and "--seed" in err[0] and str(2 ** 70) in err[0]
     assert os.listdir(tmp_path) == []
 
