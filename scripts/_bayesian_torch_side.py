@@ -127,7 +127,6 @@ def run(data_dir, out_dir, epochs, batch_size, lr, num_samples, seed, threads, p
         times.append(time.perf_counter() - start)
         probs = p if probs is None else probs
     np.save(os.path.join(out_dir, "torch_probs.npy"), probs.numpy())
-    import bayesian_torch  # noqa: F401  (only for its version)
     from importlib.metadata import version
     result = {"train_seconds": train_seconds, "predict_seconds": times,
               "final_batch_loss": last_loss, "optimizer_steps": steps, "kl": kl, "threads": threads,
