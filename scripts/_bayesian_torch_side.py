@@ -85,7 +85,7 @@ def fit(model, x, y, epochs, batch_size, lr, kl_fn):
             loss = train_step(model, optimizer, x[idx], y[idx], kl_fn, n)
     seconds = time.perf_counter() - start
     steps = int(next(iter(optimizer.state.values()))["step"])
-    return seconds, float(loss), steps
+    return seconds, float(loss.detach()), steps
 
 
 def predict(model, x, num_samples):
