@@ -75,8 +75,8 @@ def test_einsum_mean_is_keras_and_sample_copy_s_uses_draw_s(j):
     draws = []
     for index, (_, q, _) in enumerate(bayes.weight_posteriors(), start=1):
         loc, scale = q.distribution.loc, q.distribution.scale
-        eps = tf.random.stateless_normal([s] + loc.shape.as_list(),
-                                         tf.random.experimental.stateless_fold_in(seed, index))
+        eps = sampling.standard_normal([s] + loc.shape.as_list(), tf.float32,
+                                       tf.random.experimental.stateless_fold_in(seed, index))
         draws.append((loc + scale * eps).numpy())
     for k in range(s):
         keras_layer.set_weights([d[k] for d in draws])

@@ -110,7 +110,7 @@ class _EinsumDense(KernelLayer):
                 shape[offset + i] = t.shape[offset + i]
         return tfp.random.rademacher(tf.stack(shape), dtype=t.dtype, seed=self._op_seed(salt))
 
-    def _sample_op(self, xs, kernels, bias):
+    def _sample_op(self, xs, kernels, bias, rows=(None, None)):
         x_spec, w_spec, y_spec = _split_equation(self.equation)
         z = next(c for c in string.ascii_letters if c not in self.equation)
         out = tf.einsum(f"{z}{x_spec},{z}{w_spec}->{z}{y_spec}", xs, kernels["kernel"])

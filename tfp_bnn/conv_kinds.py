@@ -90,6 +90,9 @@ class _Depthwise(KernelLayer):
     def _bias_shape(self, input_shape):
         return (_channels(self, input_shape) * self.depth_multiplier,)
 
+    def _fold_axes(self):
+        return {"depthwise_kernel": -2}
+
     def _stages(self):
         return [("depthwise_kernel", lambda x, k: _depthwise(
             self, x, k, tuple(self.strides), self.padding, tuple(self.dilation_rate)))]
@@ -106,6 +109,9 @@ class _Separable(KernelLayer):
 
     def _bias_shape(self, input_shape):
         return (self.filters,)
+
+    def _fold_axes(self):
+        return {"depthwise_kernel": -2, "pointwise_kernel": -1}
 
     def _stages(self):
         # tf.nn.separable_conv2d is this depthwise op followed by a VALID 1x1 convolution.
@@ -128,6 +134,10 @@ class _Grouped(KernelLayer):
 
     def _bias_shape(self, input_shape):
         return (self.filters,)
+
+    def _fold_axes(self):
+        # The CPU Conv3D has no groups (see conv below); S*groups groups in 1D and 2D.
+        return {"kernel": -1} if self.rank < 3 else None
 
     def _stages(self):
         def conv(x, kernel):

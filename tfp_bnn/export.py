@@ -26,6 +26,13 @@ served numbers are predict's. The model's task (`tfp_bnn.tasks`) is saved with t
 string variable ``task`` (``tf.saved_model.load(path).task.numpy()``; also a variable named
 ``task`` in the graph that TF Serving's loader restores).
 
+``noise="shared"`` (opt-in) exports sampling signatures that draw one weight perturbation per
+request and decorrelate the S copies by Flipout sign flips (`tfp_bnn.sampling.shared_matmul`,
+`tfp_bnn.stacking.shared_stages`): S x fewer random numbers in the convolutions and
+weight-space matmuls, at the price of pseudo-independent copies (their effective sample size is
+measured in BENCHMARKS.md); the default draws S independent weight sets. The mode is saved as
+the string variable ``noise``.
+
 The graph is traced from the posterior means and variances with core TF ops only, so it loads
 in a process that never imports TensorFlow Probability or tfp_bnn, through
 ``tf.saved_model.load`` or TF Serving's C++ loader (a v1 Session on the signature's tensors).
@@ -62,7 +69,7 @@ import warnings
 
 import numpy as np
 
-from tfp_bnn import methods, results, sampling, tasks
+from tfp_bnn import methods, options, results, sampling, tasks
 from tfp_bnn import predict as predict_lib
 from tfp_bnn._keras import tf
 
@@ -139,7 +146,7 @@ def _variance_snapshot(model):
     return snapshot
 
 
-def _build_module(model, num_samples, task, stochastic, post=None):
+def _build_module(model, num_samples, task, stochastic, post=None, noise=options.Noise.EXACT):
     """A tf.Module holding exactly the variables the signature functions read, and the task."""
     specs = _input_specs(model)
     probabilities = tasks.outputs_probabilities(model)
@@ -160,7 +167,8 @@ def _build_module(model, num_samples, task, stochastic, post=None):
         if not stochastic:
             s = tf.constant(1, tf.int32)  # equal samples: one pass, variance exactly 0
         samples = _first(sampling.sample_outputs(model, _as_model_inputs(model, inputs), s,
-                                                 seed=sampling.FRESH, variances=variances))
+                                                 seed=sampling.FRESH, variances=variances,
+                                                 noise=noise))
         summary = served_summary(samples, task, post, alpha, probabilities)
         return {k: tf.identity(v, name=k) for k, v in summary.items()}
 
@@ -210,6 +218,7 @@ def _build_module(model, num_samples, task, stochastic, post=None):
     module.served_variables = list(seen.values())
     # A client reads what the outputs mean without tfp_bnn: loaded.task.numpy() == b"binary".
     module.task = tf.Variable(tasks.Task(task).value, trainable=False, name="task")
+    module.noise = tf.Variable(noise.value, trainable=False, name="noise")
     if post is not None:
         # The fitted calibration / conformal values, for a client without tfp_bnn.
         module.post_hoc = tf.Variable(json.dumps(post.get_config()), trainable=False,
@@ -245,7 +254,7 @@ def _warmup_records(specs, path, with_alpha=False):
 
 
 def export_savedmodel(model, export_dir, num_samples=10, version=None, overwrite=False,
-                      task=None):
+                      task=None, noise="exact"):
     """Export ``model`` as a TF Serving SavedModel whose signature runs S MC samples in-graph.
 
     Args:
@@ -258,6 +267,11 @@ def export_savedmodel(model, export_dir, num_samples=10, version=None, overwrite
         overwrite: replace an existing version (otherwise an existing one is an error).
         task: None (the model's own task, `tfp_bnn.tasks.resolve`) or "multiclass", "binary",
             "regression", "gaussian"; it picks the outputs and is saved with the export.
+        noise: "exact" (default: S independent posterior draws per request) or "shared"
+            (opt-in: one weight perturbation per request, decorrelated per copy by Flipout
+            sign flips; fewer random numbers, pseudo-independent copies: see
+            `tfp_bnn.sampling.shared_matmul` and BENCHMARKS.md for the effective sample size
+            of its variance). Saved with the export as the string variable ``noise``.
 
     Returns:
         The path of the written version folder, as a string.
@@ -265,6 +279,7 @@ def export_savedmodel(model, export_dir, num_samples=10, version=None, overwrite
     if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) \
             or num_samples < 1:
         raise ValueError(f"num_samples must be an integer >= 1. Received: num_samples={num_samples!r}")
+    noise = options.choice("noise", noise, options.Noise)
     post = methods.post_hoc(model)
     model = methods.predictive_model(model, "model")
     task = tasks.resolve(model, task) if post is None else predict_lib._post_hoc_task(post, task)
@@ -290,7 +305,8 @@ def export_savedmodel(model, export_dir, num_samples=10, version=None, overwrite
     # readable by a server running as another user (0755 / 0644). SIGTERM or Ctrl-C removes the
     # staging folder; one left by a killed process goes at the next export of that version.
     stage = results.Staging(target, overwrite, owned=None, argument="export_dir", manifest=False)
-    module, signatures, specs = _build_module(model, int(num_samples), task, stochastic, post)
+    module, signatures, specs = _build_module(model, int(num_samples), task, stochastic, post,
+                                              noise)
     with stage:
         tf.saved_model.save(module, stage.path, signatures=signatures,
                             options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))

@@ -20,7 +20,7 @@ import numbers
 
 import numpy as np
 
-__all__ = ["Estimator", "Task", "Hessian", "Subset", "Likelihood", "Placement", "Mode",
+__all__ = ["Estimator", "Task", "Hessian", "Subset", "Likelihood", "Placement", "Mode", "Noise",
            "Calibration", "CalibrationTarget", "ConformalScore", "choice", "integer", "number",
            "probability", "seed"]
 
@@ -93,6 +93,14 @@ class Mode(_Option):
     PLAIN = "plain"  # an ordinary Keras call: one posterior draw (training)
     MEAN = "mean"  # the posterior mean: deterministic
     SAMPLE = "sample"  # S draws over S sample-major copies of the batch
+
+
+class Noise(_Option):
+    """How the S copies of a Monte Carlo pass draw their weights (`tfp_bnn.sampling`)."""
+    EXACT = "exact"  # S independent weight draws: the copies are i.i.d. posterior samples
+    # One weight perturbation per pass, decorrelated per copy by Flipout sign flips: K normals
+    # instead of S x K, the copies pseudo-independent (opt-in, for the export)
+    SHARED = "shared"
 
 
 class Calibration(_Option):

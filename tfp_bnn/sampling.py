@@ -44,11 +44,11 @@ import threading
 
 from tfp_bnn import options
 from tfp_bnn._keras import tf
-from tfp_bnn.options import Mode
+from tfp_bnn.options import Mode, Noise
 
-__all__ = ["Mode", "Context", "StochasticLayer", "Gaussian", "mc_sampling", "current",
+__all__ = ["Mode", "Noise", "Context", "StochasticLayer", "Gaussian", "mc_sampling", "current",
            "stochastic_layers", "is_stochastic", "output_space_threshold", "gaussian_matmul",
-           "sample_outputs", "mean_outputs", "FRESH"]
+           "sample_outputs", "mean_outputs", "standard_normal", "shared_matmul", "FRESH"]
 
 _STATE = threading.local()
 
@@ -68,13 +68,16 @@ class Context:
             once by the caller (the export), used instead of the layers' softplus(rho)^2.
         rows: static bounds ``(lo, hi)``, lo <= B < hi, on the rows per sample (None: unknown):
             a layer whose best code path depends on B decides at trace time when they settle it.
+        noise: `Noise.EXACT` (S independent weight draws) or `Noise.SHARED` (one weight
+            perturbation per pass, Flipout signs per row; see `shared_matmul`).
     """
 
     def __init__(self, num_samples, seed=None, mode=Mode.SAMPLE, variances=None,
-                 rows=(None, None)):
+                 rows=(None, None), noise=Noise.EXACT):
         self.num_samples = num_samples
         self.seed = seed
         self.mode = options.choice("mode", mode, Mode)
+        self.noise = options.choice("noise", noise, Noise)
         self.variances = variances or {}
         self.rows = rows
         self._draws = 0
@@ -86,22 +89,91 @@ class Context:
         self._draws += 1
         return self._draws
 
-    def normal(self, shape, dtype, index=None):
-        """A standard-normal draw; stateless (reproducible) when the context has a seed."""
+    def normal(self, shape, dtype, index=None, large=True):
+        """A standard-normal draw; stateless (reproducible) when the context has a seed.
+
+        ``large``: by Box-Muller (`standard_normal`), which pays for its larger graph on draws
+        of thousands of numbers (weights); False: TF's normal op (a few numbers per row).
+        """
         if index is None:
             index = self.next_index()
         if self.seed is None or isinstance(self.seed, str):
-            # tf.random.normal's op and seeding without its "* stddev + mean" (two ops per draw);
             # FRESH: op seeds 0, 0, which TF replaces by a random seed per kernel instance.
-            seed, seed2 = (0, 0) if self.seed == FRESH else tf.compat.v1.get_seed(None)
-            return tf.raw_ops.RandomStandardNormal(shape=shape, dtype=dtype, seed=seed or 0,
-                                                   seed2=seed2 or 0)
-        seed = tf.random.experimental.stateless_fold_in(self.seed, index)
+            seed = (0, 0) if self.seed == FRESH else tf.compat.v1.get_seed(None)
+        else:
+            seed = tf.random.experimental.stateless_fold_in(self.seed, index)
+        if large:
+            return standard_normal(shape, dtype, seed)
+        if isinstance(seed, tuple):
+            return tf.raw_ops.RandomStandardNormal(shape=shape, dtype=dtype, seed=seed[0] or 0,
+                                                   seed2=seed[1] or 0)
         return tf.random.stateless_normal(shape, seed=seed, dtype=dtype)
 
 
+    def rademacher(self, shape, dtype, index):
+        """Random signs +-1 from the stream of draw ``index`` (a stream apart from its normals)."""
+        if self.seed is None or isinstance(self.seed, str):
+            seed, seed2 = (0, 0) if self.seed == FRESH else tf.compat.v1.get_seed(None)
+            bits = tf.raw_ops.RandomUniformInt(shape=shape, minval=tf.constant(0),
+                                               maxval=tf.constant(2), seed=seed or 0,
+                                               seed2=(seed2 or 0) + _SIGN_STREAM)
+        else:
+            seed = tf.random.experimental.stateless_fold_in(
+                tf.random.experimental.stateless_fold_in(self.seed, index), _SIGN_STREAM)
+            bits = tf.random.stateless_uniform(shape, seed, minval=0, maxval=2, dtype=tf.int32)
+        return tf.cast(2 * bits - 1, dtype)
+
+
+_SIGN_STREAM = 7919  # folded into a draw's seed for its signs
+
+
+def standard_normal(shape, dtype, seed):
+    """N(0, 1) draws by Box-Muller from uniforms: about half the CPU cost of TF's normal ops.
+
+        z_1 = r cos(2 pi u_2),  z_2 = r sin(2 pi u_2),  r = sqrt(-2 log(1 - u_1)),  u ~ U[0, 1)
+
+    gives two independent standard normals per pair of uniforms (exact for exact uniforms; the
+    float32 uniforms' 2^-23 grid truncates |z| at about 5.6, as TF's own normal kernels do).
+    Measured on 2 CPU cores (TF 2.21, 10k draws): 4.6 ns per normal against 9.4 ns for
+    ``tf.random.stateless_normal`` and 9.2 ns for ``tf.random.normal``, whose kernels transform
+    one sample at a time; Monte Carlo through a model is bound by these draws (S x kernel size).
+
+    Args:
+        shape: the output shape (a list or an int32 tensor).
+        dtype: a float dtype; half precision is drawn in float32 and cast.
+        seed: an int64 [2] tensor (stateless, reproducible), or a pair of Python ints as op
+            seeds (``(0, 0)``: a random seed per kernel instance; None entries count as 0).
+
+    Example:
+        >>> z = standard_normal([100000], tf.float32, tf.constant([1, 2], tf.int64))
+        >>> round(float(tf.math.reduce_mean(z)), 1), round(float(tf.math.reduce_std(z)), 1)
+        (0.0, 1.0)
+    """
+    dtype = tf.as_dtype(dtype)
+    draw = dtype if dtype in (tf.float32, tf.float64) else tf.float32
+    size = tf.reduce_prod(tf.cast(shape, tf.int32)) if not isinstance(shape, (list, tuple)) \
+        else math.prod(shape) if all(isinstance(d, int) for d in shape) \
+        else tf.reduce_prod(tf.stack(shape))
+    half = (size + 1) // 2
+    if isinstance(seed, tuple):
+        u = tf.raw_ops.RandomUniform(shape=tf.stack([2, half]), dtype=draw, seed=seed[0] or 0,
+                                     seed2=seed[1] or 0)
+    else:
+        u = tf.random.stateless_uniform(tf.stack([2, half]), seed=seed, dtype=draw)
+    u1, u2 = tf.unstack(u)
+    radius = tf.sqrt(-2.0 * tf.math.log1p(-u1))
+    angle = (2.0 * math.pi) * u2
+    z = tf.concat([radius * tf.cos(angle), radius * tf.sin(angle)], 0)
+    if isinstance(size, int) and size % 2 == 0:
+        z = tf.reshape(z, shape)
+    else:
+        z = tf.reshape(z[:size], shape)
+    return z if draw == dtype else tf.cast(z, dtype)
+
+
 @contextlib.contextmanager
-def mc_sampling(num_samples, seed=None, mode=Mode.SAMPLE, variances=None, rows=(None, None)):
+def mc_sampling(num_samples, seed=None, mode=Mode.SAMPLE, variances=None, rows=(None, None),
+                noise=Noise.EXACT):
     """Within this context stochastic layers treat their input as S sample-major copies.
 
     Args:
@@ -113,10 +185,12 @@ def mc_sampling(num_samples, seed=None, mode=Mode.SAMPLE, variances=None, rows=(
         variances: optional ``{layer: (kernel_variance, bias_variance_or_None)}`` posterior
             variances to use instead of the layers' softplus(rho)^2.
         rows: static bounds ``(lo, hi)`` with lo <= B < hi on the rows per sample, if known.
+        noise: `Noise.EXACT` / "exact" (S independent weight draws, the default) or
+            `Noise.SHARED` / "shared" (one perturbation per pass; see `Context`).
     """
     previous = getattr(_STATE, "ctx", None)
     _STATE.ctx = Context(num_samples, seed, mode,
-                         {id(k): v for k, v in (variances or {}).items()}, rows)
+                         {id(k): v for k, v in (variances or {}).items()}, rows, noise)
     try:
         yield _STATE.ctx
     finally:
@@ -283,7 +357,7 @@ def _output_space(x, ctx, kernel, bias, index):
     noisy_bias = isinstance(bias, Gaussian) and bias.scale is not None
     if noisy_bias:
         var = tf.nn.bias_add(var, bias.variance())
-    out = mean + tf.sqrt(var) * ctx.normal(tf.shape(mean), x.dtype, index[0])
+    out = mean + tf.sqrt(var) * ctx.normal(tf.shape(mean), x.dtype, index[0], large=False)
     # The bias comes last, as a BiasAdd after the noise: MatMul + BiasAdd + AddV2 + Relu is a
     # pattern Grappler's remapper fuses into a node it cannot build on CPU (TF 2.21: "Node ...
     # has an empty op name", and the whole function goes unoptimised).
@@ -297,6 +371,8 @@ def _output_space(x, ctx, kernel, bias, index):
 
 
 def _weight_space(x, ctx, kernel, bias, index):
+    if ctx.noise is Noise.SHARED and kernel.shift is None:
+        return shared_matmul(x, ctx, kernel, bias, index)
     s = ctx.num_samples
     in_dim, out_dim = kernel.loc.shape
     w = kernel.loc + kernel.scale() * ctx.normal(tf.stack([s, in_dim, out_dim]), x.dtype,
@@ -318,6 +394,41 @@ def _weight_space(x, ctx, kernel, bias, index):
     if bias is not None and not isinstance(bias, Gaussian):
         out = tf.nn.bias_add(out, bias)
     return out
+
+
+def shared_matmul(x, ctx, kernel, bias, index):
+    """`Noise.SHARED`: one kernel perturbation for all S*B rows, sign-flipped per row (Flipout).
+
+        y_r = x_r mu + ((x_r * a_r) (sigma * E)) * b_r,   E ~ N(0, I) [in, out] once per pass,
+        a_r in {-1, 1}^in, b_r in {-1, 1}^out per row r (per example of a [S*B, ..., in] input)
+
+    Row r uses the kernel ``mu + sigma * E * a_r b_r^T``, an exact posterior draw for any fixed
+    signs (Wen et al. 2018); the copies are pseudo-independent: uncorrelated pre-activations,
+    but one E. Costs in*out normals instead of S*in*out. A Bayesian bias keeps S exact draws.
+    """
+    in_dim, out_dim = kernel.loc.shape
+    delta = kernel.scale() * ctx.normal([in_dim, out_dim], x.dtype, index[1])
+    sign_shape = tf.concat([tf.shape(x)[:1], [1] * (x.shape.rank - 2), [in_dim + out_dim]], 0)
+    signs_in, signs_out = tf.split(ctx.rademacher(sign_shape, x.dtype, index[1]),
+                                   [in_dim, out_dim], axis=-1)
+    out = _matmul(x, kernel.loc) + _matmul(x * signs_in, delta) * signs_out
+    if isinstance(bias, Gaussian):
+        s = ctx.num_samples
+        b = bias.loc
+        if bias.scale is not None:
+            b = b + bias.scale() * ctx.normal(tf.stack([s, out_dim]), x.dtype, index[2])
+            shape = tf.shape(out)
+            out = tf.reshape(tf.reshape(out, tf.stack([s, -1, out_dim])) + b[:, tf.newaxis, :],
+                             shape)
+        else:
+            out = tf.nn.bias_add(out, b)
+    elif bias is not None:
+        out = tf.nn.bias_add(out, bias)
+    return out
+
+
+def _matmul(x, w):
+    return tf.matmul(x, w) if x.shape.rank == 2 else tf.tensordot(x, w, [[x.shape.rank - 1], [0]])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,12 +467,12 @@ def _row_thresholds(model):
     return sorted(found)
 
 
-def sample_outputs(model, inputs, num_samples, seed=None, variances=None):
+def sample_outputs(model, inputs, num_samples, seed=None, variances=None, noise=Noise.EXACT):
     """Call ``model`` once on S tiled copies of ``inputs``; outputs come back as ``[S, B, ...]``.
 
     ``inputs`` and the returned outputs keep the model's structure (a tensor, or a list for
-    several inputs/outputs). Meant to be called inside a tf.function. ``variances``: see
-    `mc_sampling`.
+    several inputs/outputs). Meant to be called inside a tf.function. ``variances`` and
+    ``noise``: see `mc_sampling`.
 
     When B is not static and some layer's best path depends on it (a Dense layer samples in
     output space while B < its `StochasticLayer.mc_rows_threshold`), the model is traced once
@@ -372,7 +483,7 @@ def sample_outputs(model, inputs, num_samples, seed=None, variances=None):
     tiled = tf.nest.map_structure(lambda t: _tile(t, num_samples), inputs)
 
     def run(rows):
-        with mc_sampling(num_samples, seed, Mode.SAMPLE, variances, rows):
+        with mc_sampling(num_samples, seed, Mode.SAMPLE, variances, rows, noise):
             outputs = model(tiled, training=False)
         return tf.nest.map_structure(lambda t: _split(t, num_samples), outputs)
 
