@@ -353,7 +353,7 @@ def test_benchmark_prints_tables_and_writes_json(tmp_path, capsys):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| model | batch | S | variant |" in proc.stdout and "1/1" in proc.stdout
     rows = json.loads(result.read_text())["rows"]
-    assert {r["variant"] for r in rows} == {"deterministic", "mc", "naive_loop"}
+    assert {r["variant"] for r in rows} == {"deterministic", "mc", "mc_shared", "naive_loop"}
     assert all(r["n"] == 3 and 0 < r["p50"] <= r["p95"] for r in rows)
     before = result.read_bytes()
     code, err = main_exit(["benchmark", "--models", "mlp", "--out", str(result)], capsys)

@@ -334,11 +334,14 @@ def build_parser():
     p.set_defaults(func=_cmd_serve_check)
 
     p = sub.add_parser("benchmark", help="time exported signatures as TF Serving runs them",
-                       description="Export Flipout MLP/CNN models, load them into v1 Sessions "
-                       "and time the deterministic, MC (one graph) and naive-loop signatures; "
+                       description="Export Flipout models, load them into v1 Sessions "
+                       "and time the deterministic, MC (one graph; exact and shared-noise "
+                       "exports) and naive-loop signatures; "
                        "print p50/p95 tables and the latency targets. The defaults are small; "
                        "scripts/benchmark_serving.py runs the full benchmark.")
-    p.add_argument("--models", default="mlp,cnn", help="comma-separated: mlp, cnn (default both)")
+    p.add_argument("--models", default="mlp,cnn",
+                   help="comma-separated: mlp, cnn, cnn_skip, mobilenet, transformer "
+                   "(default mlp,cnn)")
     p.add_argument("--calls", type=_positive_int, default=100,
                    help="timed rounds per setting (default 100)")
     p.add_argument("--budget", type=_non_negative_float, default=30.0,
