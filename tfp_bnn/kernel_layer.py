@@ -18,12 +18,10 @@ any fixed sign pattern E. So each example gets its own exact draw of the kernel,
 independent of the others; the signs are shared by all positions of one example, which keep
 one kernel as in the model. A layer with two kernels (separable convolutions) is two stages.
 
-The S-sample path runs the layer's op once per draw in one ``tf.map_fn`` (a convolution cannot
-use S kernels in one call cheaper than S calls, see `tfp_bnn.layers`; for a depthwise 3x3
-convolution, 32 channels, 16x16, B = 32, S = 10 on 2 CPU cores the S samples stacked into the
-channels of one depthwise op took 12.7 ms against the map_fn's 14.3 ms, not worth two
-transposes of every activation); a kind with a batched op (EinsumDense: one einsum over the S
-stacked kernels) overrides `KernelLayer._sample_op`.
+The S-sample path folds the S draws into the channels of one grouped op where the kind
+declares how (`KernelLayer._fold_axes`, `tfp_bnn.stacking`), else runs the op once per draw in
+one ``tf.map_fn``; a kind with a batched op (EinsumDense: one einsum over the S stacked
+kernels) overrides `KernelLayer._sample_op`.
 
 Example:
     >>> layer = tfp_bnn.layers.SeparableConv2DFlipout(4, 3, kl_weight=0.01)
@@ -35,9 +33,11 @@ References:
     Wen et al., "Flipout: Efficient Pseudo-Independent Weight Perturbations on Mini-Batches",
     ICLR 2018.
 """
+from tfp_bnn import bayesian, options
 from tfp_bnn import posteriors as posteriors_lib
 from tfp_bnn import priors as priors_lib
-from tfp_bnn._keras import tf, tfp
+from tfp_bnn import stacking
+from tfp_bnn._keras import tf
 from tfp_bnn.bayesian import BayesianLayer
 
 __all__ = ["KernelLayer", "UNSUPPORTED_OPTIONS", "refuse_weight_options", "drop_weight_options"]
@@ -82,7 +82,14 @@ class KernelLayer(BayesianLayer):
 
     _kernel_specs = (("kernel", "kernel_initializer"),)
     _flipout = False
-    mc_single_trace = True  # see `sampling.sample_outputs`: the map_fn is traced once
+
+    @property
+    def mc_single_trace(self):
+        """One trace of the model when the draws always loop (`sampling.sample_outputs`)."""
+        return self.mc_rows_threshold() is None
+
+    def mc_rows_threshold(self):
+        return stacking.rows_threshold(self._fold_axes(), self._channel_axis() != 1)
 
     def __init__(self, *args, prior="normal", posterior=None, kl_weight=1.0, seed=None,
                  **kwargs):
@@ -118,7 +125,7 @@ class KernelLayer(BayesianLayer):
         axis = self._channel_axis() % t.shape.rank
         shape = [tf.shape(t)[0]] + [1] * (t.shape.rank - 1)
         shape[axis] = t.shape[axis]
-        return tfp.random.rademacher(tf.stack(shape), dtype=t.dtype, seed=self._op_seed(salt))
+        return bayesian.rademacher(tf.stack(shape), t.dtype, self._op_seed(salt))
 
     def _op_seed(self, salt):
         # One op seed per draw: two ops with the same op seed would draw the same numbers.
@@ -215,8 +222,10 @@ class KernelLayer(BayesianLayer):
         """One draw per call (Flipout: signs per example), the KL added once per pass."""
         x = tf.convert_to_tensor(inputs, dtype=self.dtype)
         locs = {n: self._loc(n) for n in self._names()}
-        deltas = {n: self._scale(n) * tf.random.normal(tf.shape(loc), dtype=x.dtype,
-                                                       seed=self._op_seed(100 + i))
+        # sigma = softplus(rho) once per tensor: the KL reads the same tensor (see _add_kl).
+        scales = {n: self._scale(n) for n in locs}
+        deltas = {n: scales[n] * bayesian.normal(loc.shape.as_list(), x.dtype,
+                                                 self._op_seed(100 + i))
                   for i, (n, loc) in enumerate(locs.items())}
         if self._flipout and self._flipout_factorizes():
             out = x
@@ -228,18 +237,22 @@ class KernelLayer(BayesianLayer):
             out = self._op(x, {n: locs[n] + deltas[n] for n in locs})
         bias = self._loc("bias") if self._uses_bias() else None
         if self._has_bias_noise():
-            bias = bias + self._scale("bias") * tf.random.normal(tf.shape(bias), dtype=x.dtype,
-                                                                 seed=self._op_seed(99))
+            scales["bias"] = self._scale("bias")
+            bias = bias + scales["bias"] * bayesian.normal(bias.shape.as_list(), x.dtype,
+                                                           self._op_seed(99))
         samples = {n: locs[n] + deltas[n] for n in locs}
         samples["bias"] = bias
         for name, q, p in self.weight_posteriors():
-            self._add_kl(f"{name}_kl_loss", q, p, samples[name])
+            self._add_kl(f"{name}_kl_loss", q, p, samples[name], scales.get(name))
         return self._finish(out, bias)
 
     def sample_call(self, inputs, ctx, **kwargs):
         """S independent draws of every weight tensor; copy s of the batch uses draw s."""
         x = tf.convert_to_tensor(inputs, dtype=self.dtype)
         s = ctx.num_samples
+        if (ctx.noise is options.Noise.SHARED and self._flipout_factorizes()
+                and not self._has_own_sample_op()):
+            return self._shared_call(x, ctx)
         shape = tf.shape(x)
         xs = tf.reshape(x, tf.concat([[s, shape[0] // s], shape[1:]], 0))
         kernels = {}
@@ -251,23 +264,38 @@ class KernelLayer(BayesianLayer):
         if self._has_bias_noise():
             bias = bias + self._scale("bias", ctx) * ctx.normal(
                 tf.concat([[s], tf.shape(bias)], 0), x.dtype)
-        out = self._sample_op(xs, kernels, bias)
+        out = self._sample_op(xs, kernels, bias, ctx.rows)
         out_shape = tf.shape(out)
         return tf.reshape(out, tf.concat([[out_shape[0] * out_shape[1]], out_shape[2:]], 0))
 
-    def _sample_op(self, xs, kernels, bias):
+    def _shared_call(self, x, ctx):
+        """`Noise.SHARED`: one perturbation of every kernel, Flipout signs per row."""
+        s = ctx.num_samples
+        locs = {n: self._loc(n) for n in self._names()}
+        deltas = {n: self._scale(n, ctx) * ctx.normal(tf.shape(loc), x.dtype)
+                  for n, loc in locs.items()}
+        out = stacking.shared_stages(x, ctx, self._stages(), locs, deltas, self._channel_axis())
+        if self._has_bias_noise():
+            bias = self._loc("bias") + self._scale("bias", ctx) * ctx.normal(
+                tf.concat([[s], tf.shape(self._loc("bias"))], 0), x.dtype)
+            return self._finish(stacking.add_per_copy(out, bias, s, self._channel_axis()), None)
+        return self._finish(out, self._loc("bias") if self._uses_bias() else None)
+
+    def _has_own_sample_op(self):
+        # A kind with a batched op of its own (EinsumDense) draws S kernels in one op already.
+        return type(self)._sample_op is not KernelLayer._sample_op
+
+    def _sample_op(self, xs, kernels, bias, rows=(None, None)):
         """``[S, B, ...]`` outputs of S kernel draws ``{name: [S, ...]}`` (bias [S, ...] when
-        Bayesian, else one tensor or None): one map_fn iteration per draw."""
-        names = sorted(kernels)
-        per_sample_bias = self._has_bias_noise()
-        elems = (xs, [kernels[n] for n in names]) + ((bias,) if per_sample_bias else ())
+        Bayesian, else one tensor or None): one grouped op over the draws folded into the
+        channels, or a map_fn (`tfp_bnn.stacking`); ``rows``: `sampling.Context.rows`."""
+        return stacking.sample_stages(xs, self._stages(), kernels, bias, self._finish,
+                                      self._fold_axes(), self._channel_axis() != 1, rows)
 
-        def one_sample(a):
-            b = a[2] if per_sample_bias else bias
-            # Op + BiasAdd + activation in the loop body: Grappler fuses them as in Keras.
-            return self._finish(self._op(a[0], dict(zip(names, a[1]))), b)
-
-        return tf.map_fn(one_sample, elems, fn_output_signature=xs.dtype)
+    def _fold_axes(self):
+        """``{kernel name: axis}`` the S draws of each kernel fold into (`tfp_bnn.stacking`),
+        or None where the op cannot take them as channel groups."""
+        return None
 
     # --- config------------------------------------------------------------------------------------
     def get_config(self):

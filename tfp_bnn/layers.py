@@ -15,7 +15,8 @@ What differs from the TFP parents comes from the one Bayesian base, `tfp_bnn.bay
 * ``init_from_weights``: posterior means from a trained Keras layer (MOPED scales);
 * inside `tfp_bnn.sampling.mc_sampling` the layer draws S independent weight sets in one
   batched computation (used by `tfp_bnn.predict` and the SavedModel export): a Dense layer
-  through `tfp_bnn.sampling.gaussian_matmul`, a convolution as S convolutions.
+  through `tfp_bnn.sampling.gaussian_matmul`, a convolution as one grouped convolution over
+  the S draws (`tfp_bnn.stacking`).
 
 Example:
     >>> layer = DenseFlipout(64, activation="relu", prior="normal", kl_weight=1 / 120)
@@ -24,7 +25,7 @@ Example:
 """
 from tfp_bnn import bayesian, options
 from tfp_bnn import posteriors as posteriors_lib
-from tfp_bnn import sampling
+from tfp_bnn import sampling, stacking
 from tfp_bnn._keras import tf, tf_keras, tfp
 from tfp_bnn.bayesian import BayesianLayer, bayesian_layers
 from tfp_bnn.rnn import (
@@ -50,7 +51,10 @@ def _sample(dist):
 
 
 class _TFPLayer(BayesianLayer):
-    """What Dense and Conv share: the TFP parent builds the variables and runs the plain call."""
+    """What Dense and Conv share: the TFP parent builds the variables, `plain_call` the rest."""
+
+    _estimator = options.Estimator.REPARAMETERIZATION
+    seed = None  # the Flipout kinds take it as a constructor argument (TFP's)
 
     def _tfp_fns(self, use_bias, posterior):
         """Keyword arguments for the TFP parent: bound methods, never lambdas."""
@@ -59,7 +63,7 @@ class _TFPLayer(BayesianLayer):
             kernel_posterior_fn=self._kernel_posterior_fn,
             kernel_posterior_tensor_fn=_sample,
             kernel_prior_fn=self._kernel_prior_fn,
-            kernel_divergence_fn=_sample,  # only a marker: _apply_divergence below does the work
+            kernel_divergence_fn=_sample,  # only a marker: TFP's call never runs (plain_call)
             bias_posterior_fn=self._bias_posterior_fn if use_bias else None,
             bias_posterior_tensor_fn=_sample,
             bias_prior_fn=self._bias_prior_fn if (use_bias and bayesian_bias) else None,
@@ -96,15 +100,53 @@ class _TFPLayer(BayesianLayer):
             parts.append(("bias", self.bias_posterior, self.bias_prior))
         return parts
 
-    def _apply_divergence(self, divergence_fn, posterior, prior, posterior_tensor, name):
-        # TFP's hook after its plain call: the base adds the KL once per pass.
-        self._add_kl(name, posterior, prior, posterior_tensor)
-
     # --- the three calls of the sampling protocol ---------------------------------------------
     def plain_call(self, inputs, **kwargs):
-        # The TFP parent's call (the class after the protocol mixin in the MRO): one draw per
-        # call (Flipout: signs per example), the KL through _apply_divergence.
-        return super(sampling.StochasticLayer, self).call(inputs)
+        """One draw per call (the training path), written from the posterior variables.
+
+            reparameterisation:  y = op(x, mu + sigma * eps)                       eps ~ N(0, I)
+            Flipout:             y = op(x, mu) + op(x * s_in, sigma * eps) * s_out
+            local reparam.:      y = x mu + sqrt(x^2 sigma^2) * z                    z ~ N(0, I)
+            then  y = activation(y + b),  add_loss(kl_weight * KL(q || p))  once per pass
+
+        sigma = softplus(rho) is computed once per call, and Flipout's input and output signs
+        (per example; per example and channel for a convolution) come from one random draw
+        (`bayesian.rademacher`). TFP's own call builds Normal and Independent objects,
+        draws each sign vector through its own seed ops and reads the DeferredTensor scale at
+        every use. The op seeds derive from the layer's ``seed`` (Flipout kinds), as TFP's do.
+        """
+        x = tf.convert_to_tensor(inputs, dtype=self.dtype)
+        loc, scale = self._loc("kernel"), self._scale("kernel")
+        kernel_sample = None
+        if self._estimator is options.Estimator.LOCAL_REPARAMETERIZATION:
+            mean = self._op(x, loc)
+            std = tf.sqrt(self._op(tf.square(x), tf.square(scale)))
+            outputs = mean + std * tf.random.normal(tf.shape(mean), dtype=x.dtype,
+                                                    seed=self._op_seed(0))
+        else:
+            delta = scale * bayesian.normal(loc.shape.as_list(), x.dtype, self._op_seed(0))
+            kernel_sample = loc + delta  # what a Monte Carlo KL reads; pruned where unused
+            if self._estimator is options.Estimator.FLIPOUT:
+                s_in, s_out = self._flipout_signs(x, loc)
+                outputs = self._op(x, loc) + self._op(x * s_in, delta) * s_out
+            else:
+                outputs = self._op(x, kernel_sample)
+        bias = bias_scale = None
+        if self.bias_posterior is not None:
+            bias = self._loc("bias")
+            if self._has_bias_noise():
+                bias_scale = self._scale("bias")
+                bias = bias + bias_scale * bayesian.normal(bias.shape.as_list(), x.dtype,
+                                                           self._op_seed(2))
+            outputs = self._add_bias(outputs, bias)
+        self._add_kl("divergence_kernel", self.kernel_posterior, self.kernel_prior,
+                     kernel_sample, scale)
+        self._add_kl("divergence_bias", self.bias_posterior, self.bias_prior, bias, bias_scale)
+        return self._activate(outputs)
+
+    def _op_seed(self, salt):
+        # One op seed per draw: two ops with the same op seed would draw the same numbers.
+        return None if self.seed is None else self.seed + salt
 
     def mean_call(self, inputs, **kwargs):
         inputs = tf.convert_to_tensor(inputs, dtype=self.dtype)
@@ -147,6 +189,13 @@ class _DenseMixin(_TFPLayer):
 
     def _op(self, x, kernel):
         return tf.matmul(x, kernel)
+
+    def _flipout_signs(self, x, kernel):
+        # Per row, as TFP's DenseFlipout: every position of a [B, T, in] input gets its own.
+        c_in, c_out = kernel.shape.as_list()
+        signs = bayesian.rademacher(tf.concat([tf.shape(x)[:-1], [c_in + c_out]], 0), x.dtype,
+                                    self._op_seed(1))
+        return tf.split(signs, [c_in, c_out], axis=-1)
 
     def _add_bias(self, outputs, bias):
         # BiasAdd, not AddV2: Grappler fuses MatMul + BiasAdd (+ Relu) into one kernel.
@@ -192,6 +241,7 @@ class DenseFlipout(_DenseMixin, tfp.layers.DenseFlipout):
     Flipout gives each example pseudo-independent weight perturbations (Wen et al. 2018).
     """
 
+    _estimator = options.Estimator.FLIPOUT
     _tfp_kwargs = ("seed",)
 
 
@@ -202,16 +252,29 @@ class DenseLocalReparameterization(_DenseMixin, tfp.layers.DenseLocalReparameter
     Samples pre-activations N(x.mu, x^2.sigma^2) per example (Kingma et al. 2015).
     """
 
+    _estimator = options.Estimator.LOCAL_REPARAMETERIZATION
+
 
 # ---------------------------------------------------------------------------------------------
 # Convolution
 # ---------------------------------------------------------------------------------------------
 class _ConvMixin(_TFPLayer):
-    """Conv-specific constructor, config and vectorised sampling (S convolutions via map_fn)."""
+    """Conv-specific constructor, config and vectorised sampling (`tfp_bnn.stacking`)."""
 
     _rank = None
     _tfp_kwargs = ()
-    mc_single_trace = True  # see `sampling.sample_outputs`
+
+    @property
+    def mc_single_trace(self):
+        """One trace of the model when the draws always loop (`sampling.sample_outputs`)."""
+        return self.mc_rows_threshold() is None
+
+    def mc_rows_threshold(self):
+        return stacking.rows_threshold(self._fold_axes(), self.data_format == "channels_last")
+
+    def _fold_axes(self):
+        # CPU convolutions group in 1D and 2D only (`tfp_bnn.stacking`).
+        return {"kernel": -1} if self.rank < 3 else None
 
     def __init__(self, filters, kernel_size, strides=1, padding="valid",
                  data_format="channels_last", dilation_rate=1, activation=None, use_bias=True,
@@ -239,35 +302,47 @@ class _ConvMixin(_TFPLayer):
         return tf.nn.bias_add(outputs, bias, data_format=(
             "NC..." if self.data_format == "channels_first" else "N...C"))
 
-    def _mc_forward(self, x, ctx):
-        """S convolutions of sample-major ``x`` [S*B, ...], one independent kernel draw each.
+    def _flipout_signs(self, x, kernel):
+        # Per example and channel, shared by every position (one kernel per example).
+        c_in, c_out = kernel.shape.as_list()[-2:]
+        signs = bayesian.rademacher(tf.stack([tf.shape(x)[0], c_in + c_out]), x.dtype,
+                                    self._op_seed(1))
+        ones = [1] * self.rank
+        return [tf.reshape(s, [-1, c] + ones if self.data_format == "channels_first"
+                           else [-1] + ones + [c])
+                for s, c in zip(tf.split(signs, [c_in, c_out], axis=-1), (c_in, c_out))]
 
-        Measured on 2 CPU cores (8x8 images, batch 256, S = 10): a loop of S plain convolutions
-        over [B, ...] slices costs S times one convolution (the floor); a grouped convolution
-        with the samples in the channels was 1.3-4x slower, and one convolution over all S*B
-        rows is no cheaper (it cannot use S kernels). So: tf.map_fn over the S draws.
-        """
+    def _mc_forward(self, x, ctx):
+        """S convolutions of sample-major ``x`` [S*B, ...], one independent kernel draw each,
+        as one grouped convolution or a map_fn (`tfp_bnn.stacking`); with `Noise.SHARED`, one
+        perturbation flipped per row (`tfp_bnn.stacking.shared_stages`)."""
         s = ctx.num_samples
         loc = self._loc("kernel")
+        if ctx.noise is options.Noise.SHARED:
+            delta = self._scale("kernel", ctx) * ctx.normal(tf.shape(loc), x.dtype)
+            axis = 1 if self.data_format == "channels_first" else -1
+            out = stacking.shared_stages(x, ctx, [("kernel", self._op)], {"kernel": loc},
+                                         {"kernel": delta}, axis)
+            if self._has_bias_noise():
+                out = stacking.add_per_copy(out, self._bias_draws(ctx, s, x.dtype), s, axis)
+            elif self.bias_posterior is not None:
+                out = self._add_bias(out, self._loc("bias"))
+            return self._activate(out)
         shape = tf.shape(x)
         xs = tf.reshape(x, tf.concat([[s, shape[0] // s], shape[1:]], 0))
         kernels = loc + self._scale("kernel", ctx) * ctx.normal(
             tf.concat([[s], tf.shape(loc)], 0), x.dtype)
         if self._has_bias_noise():
-            biases = self._bias_draws(ctx, s, x.dtype)  # [S, filters]
-            elems = (xs, kernels, biases)
+            bias = self._bias_draws(ctx, s, x.dtype)  # [S, filters]
         else:
             bias = self._loc("bias") if self.bias_posterior is not None else None
-            elems = (xs, kernels)
 
-        def one_sample(a):
-            # Conv + BiasAdd + activation in the loop body: Grappler fuses them (_FusedConv2D),
-            # as in the deterministic graph, instead of two more passes over [S*B, ...].
-            out = self._op(a[0], a[1])
-            b = a[2] if len(a) > 2 else bias
+        def finish(out, b):
             return self._activate(out if b is None else self._add_bias(out, b))
 
-        out = tf.map_fn(one_sample, elems, fn_output_signature=x.dtype)
+        out = stacking.sample_stages(xs, [("kernel", self._op)], {"kernel": kernels}, bias,
+                                     finish, self._fold_axes(),
+                                     self.data_format == "channels_last", ctx.rows)
         out_shape = tf.shape(out)
         return tf.reshape(out, tf.concat([[out_shape[0] * out_shape[1]], out_shape[2:]], 0))
 
@@ -283,12 +358,13 @@ class _ConvMixin(_TFPLayer):
         return config
 
 
-def _conv_class(parent, doc):
+def _conv_class(parent, doc, estimator):
     name = parent.__name__
 
     class _Layer(_ConvMixin, parent):
         __doc__ = doc
-        _tfp_kwargs = ("seed",) if "Flipout" in name else ()
+        _estimator = estimator
+        _tfp_kwargs = ("seed",) if estimator is options.Estimator.FLIPOUT else ()
 
     _Layer.__name__ = _Layer.__qualname__ = name
     return _register(_Layer)
@@ -297,15 +373,16 @@ def _conv_class(parent, doc):
 _FLIPOUT_DOC = "{}D convolution with a mean-field posterior, trained by Flipout (Wen et al. 2018)."
 _REPARAM_DOC = ("{}D convolution with a mean-field posterior, trained by the reparameterisation "
                 "estimator (one kernel draw per call).")
-Conv1DFlipout = _conv_class(tfp.layers.Convolution1DFlipout, _FLIPOUT_DOC.format(1))
-Conv2DFlipout = _conv_class(tfp.layers.Convolution2DFlipout, _FLIPOUT_DOC.format(2))
-Conv3DFlipout = _conv_class(tfp.layers.Convolution3DFlipout, _FLIPOUT_DOC.format(3))
+_FLIP, _REPARAM = options.Estimator.FLIPOUT, options.Estimator.REPARAMETERIZATION
+Conv1DFlipout = _conv_class(tfp.layers.Convolution1DFlipout, _FLIPOUT_DOC.format(1), _FLIP)
+Conv2DFlipout = _conv_class(tfp.layers.Convolution2DFlipout, _FLIPOUT_DOC.format(2), _FLIP)
+Conv3DFlipout = _conv_class(tfp.layers.Convolution3DFlipout, _FLIPOUT_DOC.format(3), _FLIP)
 Conv1DReparameterization = _conv_class(tfp.layers.Convolution1DReparameterization,
-                                       _REPARAM_DOC.format(1))
+                                       _REPARAM_DOC.format(1), _REPARAM)
 Conv2DReparameterization = _conv_class(tfp.layers.Convolution2DReparameterization,
-                                       _REPARAM_DOC.format(2))
+                                       _REPARAM_DOC.format(2), _REPARAM)
 Conv3DReparameterization = _conv_class(tfp.layers.Convolution3DReparameterization,
-                                       _REPARAM_DOC.format(3))
+                                       _REPARAM_DOC.format(3), _REPARAM)
 Convolution1DFlipout, Convolution2DFlipout, Convolution3DFlipout = (
     Conv1DFlipout, Conv2DFlipout, Conv3DFlipout)
 Convolution1DReparameterization = Conv1DReparameterization

@@ -36,9 +36,9 @@ References:
 """
 import threading
 
-from tfp_bnn import options
+from tfp_bnn import bayesian, options
 from tfp_bnn import posteriors as posteriors_lib
-from tfp_bnn._keras import tf, tf_keras, tfp
+from tfp_bnn._keras import tf, tf_keras
 from tfp_bnn.bayesian import BayesianLayer
 from tfp_bnn.bayesian import register as _register
 
@@ -153,10 +153,6 @@ class _Cell(tf_keras.layers.Layer):
             candidate = act(x_h + d.h.columns(2 * u, 3 * u)(r * h_prev))
         h = z * h_prev + (1.0 - z) * candidate
         return h, [h]
-
-
-def _rademacher(shape, dtype, seed):
-    return tfp.random.rademacher(shape, dtype=dtype, seed=seed)
 
 
 def unsupported_option(config):
@@ -298,14 +294,17 @@ class BayesianRNN(BayesianLayer, tf_keras.layers.RNN):
         x = tf.nest.flatten(inputs)[0]
         w_loc, r_loc, b_loc = self._locs()
         dtype = w_loc.dtype
-        dw = self._scale("kernel") * self._normal(tf.shape(w_loc), dtype)
-        dr = self._scale("recurrent_kernel") * self._normal(tf.shape(r_loc), dtype)
+        # sigma = softplus(rho) once per tensor: the KL reads the same tensor (see _add_kl).
+        scales = {name: self._scale(name) for name in ("kernel", "recurrent_kernel")}
+        dw = scales["kernel"] * self._normal(tf.shape(w_loc), dtype)
+        dr = scales["recurrent_kernel"] * self._normal(tf.shape(r_loc), dtype)
         b = b_loc
         if self._has_bias_noise():
-            b = b_loc + self._scale("bias") * self._normal(tf.shape(b_loc), dtype)
+            scales["bias"] = self._scale("bias")
+            b = b_loc + scales["bias"] * self._normal(tf.shape(b_loc), dtype)
         samples = {"kernel": w_loc + dw, "recurrent_kernel": r_loc + dr, "bias": b}
         for name, q, p in self.weight_posteriors():
-            self._add_kl(f"{name}_kl_loss", q, p, samples[name])
+            self._add_kl(f"{name}_kl_loss", q, p, samples[name], scales.get(name))
         if not self._flipout:
             draw = _Draw(_Projection(samples["kernel"]),
                          _Projection(samples["recurrent_kernel"]), b)
@@ -346,11 +345,11 @@ class BayesianRNN(BayesianLayer, tf_keras.layers.RNN):
 
     def _normal(self, shape, dtype):
         """eps ~ N(0, 1) for one weight tensor of the plain (training) path."""
-        return tf.random.normal(shape, dtype=dtype, seed=self.seed)
+        return bayesian.normal(shape, dtype, self.seed)
 
     def _signs(self, shape, dtype):
         """Rademacher signs of the Flipout path, one row per sequence."""
-        return _rademacher(shape, dtype, self.seed)
+        return bayesian.rademacher(shape, dtype, self.seed)
 
     # --- forward ----------------------------------------------------------------------------
     def call(self, inputs, mask=None, training=None, initial_state=None, constants=None):
