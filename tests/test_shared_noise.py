@@ -89,6 +89,14 @@ def test_one_normal_per_weight_and_seeded_reproducible():
              if op.type == "StatelessRandomUniformV2" and op.outputs[0].dtype == tf.float32]
     assert sizes == [2 * (3 * 3 * 3 * 4 // 2)]  # one draw of the kernel's 108 normals, not 10x
     np.testing.assert_array_equal(run(), run())
+    # Beyond FOLD_MAX_ROWS rows per copy two convolutions over all S*B rows cost more than the
+    # exact draws: the exact path, S x 108 normals.
+    big = tf.ones([17, 6, 6, 3])
+    graph = tf.function(lambda: sampling.sample_outputs(
+        layer, big, 10, seed=seed, noise="shared")).get_concrete_function().graph
+    sizes = [int(np.prod(op.outputs[0].shape)) for op in graph.get_operations()
+             if op.type == "StatelessRandomUniformV2" and op.outputs[0].dtype == tf.float32]
+    assert sizes == [10 * 3 * 3 * 3 * 4]
 
 
 def test_export_with_shared_noise_serves_and_says_so(tmp_path):
@@ -109,3 +117,21 @@ def test_export_with_shared_noise_serves_and_says_so(tmp_path):
     with pytest.raises(ValueError, match="noise.*'independent'"):
         tfp_bnn.export_savedmodel(bnn, tmp_path / "bad", noise="independent")
     assert not os.path.exists(tmp_path / "bad")
+
+
+def test_einsum_dense_with_a_bayesian_bias_on_two_axes_has_the_exact_moments():
+    rng = np.random.default_rng(3)
+    layer = layers.EinsumDenseReparameterization(
+        "abc,cde->abde", output_shape=(None, 2, 3), bias_axes="de",
+        posterior=posteriors.MeanField(bayesian_bias=True))
+    x = tf.constant(rng.normal(size=(1, 3, 4)), tf.float32)
+    layer(x)
+    (_, qk, _), (_, qb, _) = layer.weight_posteriors()
+    for q in (qk, qb):
+        q.distribution.loc.assign(rng.normal(size=q.distribution.loc.shape).astype("f4"))
+        q.distribution.scale.pretransformed_input.assign(
+            np.full(q.distribution.loc.shape, np.log(np.expm1(0.3)), "f4"))
+    mean = np.einsum("abc,cde->abde", x, qk.distribution.loc) + qb.distribution.loc.numpy()
+    var = np.einsum("abc,cde->abde", np.square(x), np.full(qk.distribution.loc.shape, 0.09)) \
+        + 0.09
+    _check_moments(_passes(layer, x), mean, var)

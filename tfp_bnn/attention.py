@@ -47,7 +47,7 @@ from tfp_bnn import options
 from tfp_bnn import posteriors as posteriors_lib
 from tfp_bnn import priors as priors_lib
 from tfp_bnn.bayesian import register
-from tfp_bnn._keras import tf, tf_keras, tfp
+from tfp_bnn._keras import tf, tf_keras
 from tfp_bnn.kernel_layer import (UNSUPPORTED_OPTIONS, KernelLayer, drop_weight_options,
                                   refuse_weight_options)
 
@@ -98,7 +98,7 @@ class _EinsumDense(KernelLayer):
             return "..." in y_spec
         return x_spec[0] in y_spec and x_spec[0] not in w_spec
 
-    def _signs(self, t, side, salt):
+    def _sign_shape(self, t, side):
         x_spec, w_spec, y_spec = _split_equation(self.equation)
         spec = x_spec if side == "in" else y_spec
         shape = [tf.shape(t)[0]] + [1] * (t.shape.rank - 1)
@@ -108,7 +108,7 @@ class _EinsumDense(KernelLayer):
         for i, letter in enumerate(named):
             if letter in w_spec and offset + i > 0:
                 shape[offset + i] = t.shape[offset + i]
-        return tfp.random.rademacher(tf.stack(shape), dtype=t.dtype, seed=self._op_seed(salt))
+        return tf.stack(shape)
 
     def _sample_op(self, xs, kernels, bias, rows=(None, None)):
         x_spec, w_spec, y_spec = _split_equation(self.equation)

@@ -70,7 +70,7 @@ class KernelLayer(BayesianLayer):
 
     A subclass sets `_kernel_specs` (``(weight name, initializer attribute)`` in Keras'
     ``get_weights()`` order), implements `_kernel_shapes`, `_bias_shape` and `_stages`, and may
-    override `_add_bias`, `_signs` and `_sample_op`.
+    override `_add_bias`, `_sign_shape` and `_sample_op`.
 
     Args (beyond the tf_keras parent's):
         prior: a `tfp_bnn.priors` name, dict or instance, for every kernel (and the bias with
@@ -119,13 +119,13 @@ class KernelLayer(BayesianLayer):
     def _channel_axis(self):
         return 1 if getattr(self, "data_format", "channels_last") == "channels_first" else -1
 
+    def _sign_shape(self, t, side):
+        """The shape of the Rademacher signs of a stage's input (``side="in"``) or output ``t``
+        [B, ...]: one per example and channel."""
+        return stacking.channel_sign_shape(t, self._channel_axis())
+
     def _signs(self, t, side, salt):
-        """Rademacher signs for a stage's input (``side="in"``) or output ``t`` [B, ...]: one
-        per example and channel."""
-        axis = self._channel_axis() % t.shape.rank
-        shape = [tf.shape(t)[0]] + [1] * (t.shape.rank - 1)
-        shape[axis] = t.shape[axis]
-        return bayesian.rademacher(tf.stack(shape), t.dtype, self._op_seed(salt))
+        return bayesian.rademacher(self._sign_shape(t, side), t.dtype, self._op_seed(salt))
 
     def _op_seed(self, salt):
         # One op seed per draw: two ops with the same op seed would draw the same numbers.
@@ -228,11 +228,7 @@ class KernelLayer(BayesianLayer):
                                                  self._op_seed(100 + i))
                   for i, (n, loc) in enumerate(locs.items())}
         if self._flipout and self._flipout_factorizes():
-            out = x
-            for salt, (name, f) in enumerate(self._stages()):
-                perturbation = f(out * self._signs(out, "in", 2 * salt), deltas[name])
-                out = f(out, locs[name]) + perturbation * self._signs(perturbation, "out",
-                                                                      2 * salt + 1)
+            out = stacking.flipout_stages(x, self._stages(), locs, deltas, self._signs)
         else:
             out = self._op(x, {n: locs[n] + deltas[n] for n in locs})
         bias = self._loc("bias") if self._uses_bias() else None
@@ -251,7 +247,7 @@ class KernelLayer(BayesianLayer):
         x = tf.convert_to_tensor(inputs, dtype=self.dtype)
         s = ctx.num_samples
         if (ctx.noise is options.Noise.SHARED and self._flipout_factorizes()
-                and not self._has_own_sample_op()):
+                and stacking.shared_pays(x, ctx)):
             return self._shared_call(x, ctx)
         shape = tf.shape(x)
         xs = tf.reshape(x, tf.concat([[s, shape[0] // s], shape[1:]], 0))
@@ -274,16 +270,12 @@ class KernelLayer(BayesianLayer):
         locs = {n: self._loc(n) for n in self._names()}
         deltas = {n: self._scale(n, ctx) * ctx.normal(tf.shape(loc), x.dtype)
                   for n, loc in locs.items()}
-        out = stacking.shared_stages(x, ctx, self._stages(), locs, deltas, self._channel_axis())
+        out = stacking.shared_stages(x, ctx, self._stages(), locs, deltas, self._sign_shape)
         if self._has_bias_noise():
             bias = self._loc("bias") + self._scale("bias", ctx) * ctx.normal(
                 tf.concat([[s], tf.shape(self._loc("bias"))], 0), x.dtype)
             return self._finish(stacking.add_per_copy(out, bias, s, self._channel_axis()), None)
         return self._finish(out, self._loc("bias") if self._uses_bias() else None)
-
-    def _has_own_sample_op(self):
-        # A kind with a batched op of its own (EinsumDense) draws S kernels in one op already.
-        return type(self)._sample_op is not KernelLayer._sample_op
 
     def _sample_op(self, xs, kernels, bias, rows=(None, None)):
         """``[S, B, ...]`` outputs of S kernel draws ``{name: [S, ...]}`` (bias [S, ...] when

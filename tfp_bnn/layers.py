@@ -13,6 +13,9 @@ What differs from the TFP parents comes from the one Bayesian base, `tfp_bnn.bay
   forward pass of the outermost model even for a layer shared by two branches;
 * ``get_config`` holds plain numbers and strings: no marshalled Python bytecode in saved files;
 * ``init_from_weights``: posterior means from a trained Keras layer (MOPED scales);
+* the training call (`_TFPLayer.plain_call`) is written from mu and softplus(rho), not
+  through TFP's distribution objects: one softplus per weight tensor, shared with the KL, and
+  one sign draw per Flipout layer (BENCHMARKS.md, "Training step");
 * inside `tfp_bnn.sampling.mc_sampling` the layer draws S independent weight sets in one
   batched computation (used by `tfp_bnn.predict` and the SavedModel export): a Dense layer
   through `tfp_bnn.sampling.gaussian_matmul`, a convolution as one grouped convolution over
@@ -318,11 +321,12 @@ class _ConvMixin(_TFPLayer):
         perturbation flipped per row (`tfp_bnn.stacking.shared_stages`)."""
         s = ctx.num_samples
         loc = self._loc("kernel")
-        if ctx.noise is options.Noise.SHARED:
+        if ctx.noise is options.Noise.SHARED and stacking.shared_pays(x, ctx):
             delta = self._scale("kernel", ctx) * ctx.normal(tf.shape(loc), x.dtype)
             axis = 1 if self.data_format == "channels_first" else -1
             out = stacking.shared_stages(x, ctx, [("kernel", self._op)], {"kernel": loc},
-                                         {"kernel": delta}, axis)
+                                         {"kernel": delta},
+                                         lambda t, side: stacking.channel_sign_shape(t, axis))
             if self._has_bias_noise():
                 out = stacking.add_per_copy(out, self._bias_draws(ctx, s, x.dtype), s, axis)
             elif self.bias_posterior is not None:

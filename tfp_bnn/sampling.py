@@ -161,7 +161,9 @@ def standard_normal(shape, dtype, seed):
     else:
         u = tf.random.stateless_uniform(tf.stack([2, half]), seed=seed, dtype=draw)
     u1, u2 = tf.unstack(u)
-    radius = tf.sqrt(-2.0 * tf.math.log1p(-u1))
+    # log(1 - u), not log1p(-u): Grappler fuses Neg + Log1p into a _UnaryOpsComposition node
+    # that took ~80 us for 6k numbers on the CPU (Sub + Log: ~15 us); 1 - u is exact here.
+    radius = tf.sqrt(-2.0 * tf.math.log(1.0 - u1))
     angle = (2.0 * math.pi) * u2
     z = tf.concat([radius * tf.cos(angle), radius * tf.sin(angle)], 0)
     if isinstance(size, int) and size % 2 == 0:

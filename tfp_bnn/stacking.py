@@ -50,7 +50,8 @@ import math
 
 from tfp_bnn._keras import tf
 
-__all__ = ["sample_stages", "shared_stages", "add_per_copy", "FOLD_MAX_MACS", "FOLD_MAX_ROWS",
+__all__ = ["sample_stages", "shared_pays", "flipout_stages", "shared_stages",
+           "channel_sign_shape", "add_per_copy", "FOLD_MAX_MACS", "FOLD_MAX_ROWS",
            "rows_threshold"]
 
 # Per example and draw; above it the S separate convolutions of the map_fn are cheaper (their
@@ -111,34 +112,39 @@ def _small(xs, kernels):
     return positions * kernel_macs <= FOLD_MAX_MACS
 
 
+def _swap(x, lead, middle):
+    """[A, B, C] -> [B, A, C] of ``x`` viewed as [lead, middle, rest]: an Einsum, not a
+    Transpose, whose oneDNN kernel took ~90 us for 5k numbers on the CPU (Einsum: ~10 us)."""
+    return tf.einsum("abc->bac", tf.reshape(x, tf.stack([lead, middle, -1])))
+
+
 def _fold_kernel(kernel, axis):
     """[S, d_1, ..., d_n] -> [d_1, ..., S*d_a, ..., d_n] with the draws next to axis a."""
-    n = kernel.shape.rank - 1
-    a = n + axis
-    folded = tf.transpose(kernel, list(range(1, a + 1)) + [0] + list(range(a + 1, n + 1)))
+    a = kernel.shape.rank - 1 + axis
     dims = kernel.shape[1:].as_list()
+    folded = _swap(kernel, tf.shape(kernel)[0], math.prod(dims[:a]))
     return tf.reshape(folded, dims[:a] + [-1] + dims[a + 1:])
 
 
 def _folded(xs, stages, kernels, bias, finish, fold_axes):
-    rank = xs.shape.rank
     shape = tf.shape(xs)
-    s = shape[0]
-    # [S, B, sp..., C] -> [B, sp..., S, C] -> [B, sp..., S*C]
-    x = tf.transpose(xs, [1] + list(range(2, rank - 1)) + [0, rank - 1])
-    x = tf.reshape(x, tf.concat([shape[1:-1], [-1]], 0))
+    s, channels = shape[0], xs.shape[-1]
+    # [S, B, sp..., C] -> [B*sp, S, C] -> [B, sp..., S*C]
+    x = tf.reshape(_swap(xs, s, tf.reduce_prod(shape[1:-1])),
+                   tf.concat([shape[1:-1], [s * channels]], 0))
     for name, f in stages:
         x = f(x, _fold_kernel(kernels[name], fold_axes[name]))
     if bias is not None:
         bias = tf.reshape(bias, [-1]) if bias.shape.rank == 2 else tf.tile(bias, [s])
     x = finish(x, bias)
-    # [B, sp'..., S*F] -> [B, sp'..., S, F] -> [S, B, sp'..., F]
-    out_channels = kernels[stages[-1][0]].shape[-1]
+    # [B, sp'..., S*F] -> [S, B*sp', F] -> [S, B, sp'..., F]
+    last = kernels[stages[-1][0]]
+    out_channels = last.shape[-1]
     if fold_axes[stages[-1][0]] == -2:  # depthwise: C*m outputs per copy
-        out_channels *= kernels[stages[-1][0]].shape[-2]
+        out_channels *= last.shape[-2]
     out_shape = tf.shape(x)
-    x = tf.reshape(x, tf.concat([out_shape[:-1], [s, out_channels]], 0))
-    return tf.transpose(x, [rank - 2] + list(range(rank - 2)) + [rank - 1])
+    y = _swap(x, tf.reduce_prod(out_shape[:-1]), s)
+    return tf.reshape(y, tf.concat([[s], out_shape[:-1], [out_channels]], 0))
 
 
 def _loop(xs, stages, kernels, bias, finish):
@@ -156,36 +162,69 @@ def _loop(xs, stages, kernels, bias, finish):
     return tf.map_fn(one_sample, elems, fn_output_signature=xs.dtype)
 
 
-def shared_stages(x, ctx, stages, locs, deltas, channel_axis=-1):
-    """`Noise.SHARED`: the stages over sample-major rows ``x`` [S*B, ...] with one perturbation
-    ``deltas[name]`` (sigma * E) per kernel, Flipout signs per row and channel (pre-bias).
+def shared_pays(x, ctx):
+    """Whether `Noise.SHARED` is cheaper than exact draws for sample-major rows ``x``: for at
+    most `FOLD_MAX_ROWS` rows per copy. It runs two convolutions over all S*B rows where the
+    exact draws run one over B rows per draw; that pays only while the S x K normals of the
+    exact draws cost more than the convolutions (small batches). Larger batches draw exactly."""
+    s = ctx.num_samples if isinstance(ctx.num_samples, int) else tf.get_static_value(
+        ctx.num_samples)
+    if x.shape[0] is not None and s is not None:
+        return x.shape[0] // s <= FOLD_MAX_ROWS
+    return ctx.rows[1] is not None and ctx.rows[1] - 1 <= FOLD_MAX_ROWS
+
+
+def flipout_stages(x, stages, locs, deltas, signs):
+    """Flipout through a chain of stages (Wen et al. 2018), pre-bias:
+
+        h' = f(h, mu) + f(h * signs(h, "in", 2i), delta) * signs(p, "out", 2i + 1)   stage i
+
+    with p the perturbation term. The training call of a layer (one draw, signs per example)
+    and `Noise.SHARED` (one draw for all S*B rows, `shared_stages`) both run it.
 
     Args:
-        x: [S*B, ...] inputs.
-        ctx: the `tfp_bnn.sampling.Context` whose stream gives the signs.
+        x: [rows, ...] inputs.
         stages: ``[(kernel name, f(x, kernel))]``, each linear in its kernel and channel-wise.
-        locs, deltas: ``{name: tensor}``, the means and the one perturbation of every kernel.
-        channel_axis: the channel axis of the activations.
+        locs, deltas: ``{name: tensor}``, the means and the perturbation (sigma * E) of every
+            kernel.
+        signs: ``signs(t, side, salt)``: Rademacher signs broadcastable to ``t``, one per row
+            and channel (``side`` "in" or "out"; ``salt`` numbers the draw).
     """
-    for name, f in stages:
-        perturbation = f(x * _signs(x, ctx, channel_axis), deltas[name])
-        x = f(x, locs[name]) + perturbation * _signs(perturbation, ctx, channel_axis)
+    for i, (name, f) in enumerate(stages):
+        perturbation = f(x * signs(x, "in", 2 * i), deltas[name])
+        x = f(x, locs[name]) + perturbation * signs(perturbation, "out", 2 * i + 1)
     return x
 
 
-def _signs(t, ctx, channel_axis):
+def shared_stages(x, ctx, stages, locs, deltas, sign_shape):
+    """`Noise.SHARED`: `flipout_stages` over the sample-major rows ``x`` [S*B, ...] with one
+    perturbation ``deltas[name]`` per kernel and the signs from ``ctx``'s stream.
+
+    ``sign_shape(t, side)``: the shape of the signs of stage tensor ``t`` (one per row and
+    channel; `channel_sign_shape` for convolutions).
+    """
+    return flipout_stages(x, stages, locs, deltas, lambda t, side, salt: ctx.rademacher(
+        sign_shape(t, side), t.dtype, ctx.next_index()))
+
+
+def channel_sign_shape(t, channel_axis=-1):
+    """[rows, 1, ..., C, ..., 1]: one sign per row and channel of ``t``."""
     axis = channel_axis % t.shape.rank
     shape = [tf.shape(t)[0]] + [1] * (t.shape.rank - 1)
     shape[axis] = t.shape[axis] if t.shape[axis] is not None else tf.shape(t)[axis]
-    return ctx.rademacher(tf.stack(shape), t.dtype, ctx.next_index())
+    return tf.stack(shape)
 
 
 def add_per_copy(out, bias, num_samples, channel_axis=-1):
-    """``out`` [S*B, ...] plus ``bias`` [S, C] (row block s gets bias s) on the channel axis."""
+    """``out`` [S*B, ...] plus ``bias`` [S, *bias shape] (row block s gets bias s): the bias on
+    the trailing axes (channels last, EinsumDense) or on ``channel_axis``."""
     rank = out.shape.rank
-    axis = channel_axis % rank
     shape = tf.shape(out)
     blocks = tf.reshape(out, tf.concat([[num_samples, shape[0] // num_samples], shape[1:]], 0))
-    lined = [-1] + [1] * rank
-    lined[axis + 1] = bias.shape[-1]
+    dims = bias.shape[1:].as_list()
+    if channel_axis % rank == rank - 1:
+        lined = [-1] + [1] * (rank - len(dims)) + dims
+    else:
+        lined = [-1] + [1] * rank
+        lined[channel_axis % rank + 1] = dims[0]
     return tf.reshape(blocks + tf.reshape(bias, lined), shape)
