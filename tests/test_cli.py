@@ -13,7 +13,7 @@ import pytest
 import tfp_bnn
 from cli_helpers import main_exit, own_stderr
 from tfp_bnn import cli, data, train
-from tfp_bnn._keras import tf_keras
+from tfp_bnn._keras import tf, tf_keras
 
 
 def _cli(*args):
@@ -55,6 +55,17 @@ def test_export_refuses_an_existing_version(exported, saved_model_file):
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith("tfp-bnn export: error:") and "overwrite" in line
     assert (export_dir / "1" / "saved_model.pb").read_bytes() == before
+
+
+def test_export_with_shared_noise(saved_model_file, tmp_path, capsys):
+    code, err = main_exit(["export", str(saved_model_file), str(tmp_path / "m"), "--noise",
+                           "shared", "--quiet"], capsys)
+    assert code == 0, err
+    assert tf.saved_model.load(str(tmp_path / "m" / "1")).noise.numpy() == b"shared"
+    code, err = main_exit(["export", str(saved_model_file), str(tmp_path / "bad"), "--noise",
+                           "fast"], capsys)
+    assert code == 2 and "--noise" in err[-1] and "'fast'" in err[-1]
+    assert not (tmp_path / "bad").exists()
 
 
 def test_serve_check_answers_a_rest_body(exported, tmp_path):

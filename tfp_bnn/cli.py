@@ -4,8 +4,8 @@
     tfp-bnn predict MODEL DATA.csv --out predictions.csv [--num-samples 100] [--seed 0]
             [--unsafe-load]
     tfp-bnn iris [--seeds 5] [--epochs 150] [--out runs/iris] [--overwrite] [--quiet]
-    tfp-bnn export MODEL.keras EXPORT_DIR [--num-samples 10] [--version N] [--overwrite]
-            [--unsafe-load]
+    tfp-bnn export MODEL.keras EXPORT_DIR [--num-samples 10] [--noise exact] [--version N]
+            [--overwrite] [--unsafe-load]
     tfp-bnn serve-check EXPORT_DIR/VERSION [--signature serving_default] [--body request.json]
     tfp-bnn benchmark [--models mlp,cnn] [--calls 100] [--out results.json]
 
@@ -169,7 +169,7 @@ def _cmd_export(args):
         raise FileNotFoundError(f"model file not found: MODEL={args.model!r}")
     model, _ = train.load(args.model, unsafe_load=args.unsafe_load)
     path = export_savedmodel(model, args.export_dir, num_samples=args.num_samples,
-                             version=args.version, overwrite=args.overwrite)
+                             version=args.version, overwrite=args.overwrite, noise=args.noise)
     _log(args)(path)
 
 
@@ -315,6 +315,10 @@ def build_parser():
                    "or a `tfp-bnn train` output folder")
     p.add_argument("export_dir", metavar="EXPORT_DIR", help="TF Serving model base path")
     p.add_argument("--num-samples", type=_positive_int, default=10, help="S for serving_default")
+    p.add_argument("--noise", choices=("exact", "shared"), default="exact",
+                   help="exact: S independent weight draws per request (default); shared: one "
+                   "weight perturbation per request, Flipout sign flips per copy (cheaper, "
+                   "pseudo-independent copies)")
     p.add_argument("--version", type=_non_negative_int, default=None,
                    help="version folder (default: next free integer)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing version")
