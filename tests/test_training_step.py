@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 
+from tfp_bnn import bayesian
 from tfp_bnn import layers as bl
 from tfp_bnn import posteriors
 from tfp_bnn._keras import tf, tf_keras
@@ -163,3 +164,17 @@ def test_seeded_training_draws_repeat_under_the_global_seed(make, shape):
     np.testing.assert_array_equal(a1, b1)
     np.testing.assert_array_equal(a2, b2)
     assert not np.array_equal(a1, a2)
+
+
+def test_rademacher_signs_are_independent_fair_coins():
+    """The byte-table draw: every sign +-1, each column's mean and each pair's correlation
+    within 5 standard errors (1/sqrt(n)) of 0 over 16 columns, i.e. two bytes' worth, so a
+    table row that repeated or fixed a bit would fail; an odd shape keeps its size."""
+    n = 20000
+    s = bayesian.rademacher([n, 16], tf.float32, seed=4).numpy()
+    assert set(np.unique(s)) == {-1.0, 1.0}
+    bound = 5 / math.sqrt(n)
+    np.testing.assert_array_less(np.abs(s.mean(0)), bound)
+    r = np.corrcoef(s.T)[np.triu_indices(16, 1)]
+    np.testing.assert_array_less(np.abs(r), bound)
+    assert bayesian.rademacher(tf.constant([3, 1, 5]), tf.float64).shape == (3, 1, 5)
