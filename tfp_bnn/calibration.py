@@ -158,9 +158,62 @@ class Calibrated:
                 "bias": None if self.bias is None else [float(v) for v in self.bias],
                 "variance_scale": self.variance_scale}
 
+    @classmethod
+    def from_config(cls, model, config):
+        """The `Calibrated` of ``model`` with the values of a `get_config` dict (no refit).
+
+        ``config`` may also hold ``num_samples`` and ``validation_nll`` (informational).
+
+        Example:
+            >>> model = tf_keras.Sequential([tf_keras.Input((2,)), tf_keras.layers.Dense(
+            ...     2, use_bias=False, kernel_initializer="identity")])
+            >>> z = np.array([[3., 0.], [0., 3.], [3., 0.], [0., 3.]], np.float32)
+            >>> cal = calibrate(model, z, [0, 1, 1, 1], num_samples=1)
+            >>> Calibrated.from_config(model, cal.get_config()).temperature == cal.temperature
+            True
+        """
+        _check_wrappable(model)
+        if not isinstance(config, dict):
+            raise ValueError(f"config must be a dict from Calibrated.get_config. Received: "
+                             f"config of type {type(config).__name__}")
+        method = options.choice("calibration", config.get("calibration"), Calibration,
+                                what="calibration method")
+        resolved = _saved_task(model, options.choice("task", config.get("task"), Task))
+        needed = {Calibration.TEMPERATURE: ("temperature",),
+                  Calibration.VECTOR: ("weights", "bias"),
+                  Calibration.VARIANCE: ("variance_scale",)}[method]
+        missing = [k for k in needed if config.get(k) is None]
+        if missing:
+            raise ValueError(f"config of method={method.value!r} lacks {missing}. Received: "
+                             f"config={config!r}")
+        target = config.get("target")
+        values = {k: None for k in ("temperature", "weights", "bias", "variance_scale")}
+        if method is Calibration.VECTOR:
+            values.update(weights=np.asarray(config["weights"], np.float64),
+                          bias=np.asarray(config["bias"], np.float64))
+        else:
+            key = needed[0]
+            values[key] = options.number(key, config[key], 0.0, strict=True)
+        nll = config.get("validation_nll")
+        return cls(model=model, task=resolved, method=method,
+                   target=None if target is None else options.choice(
+                       "target", target, CalibrationTarget, what="calibration target"),
+                   validation_nll=None if nll is None else tuple(float(v) for v in nll),
+                   num_samples=config.get("num_samples"), **values)
+
     def __repr__(self):
         fitted = {k: v for k, v in self.get_config().items() if v is not None}
         return f"Calibrated({fitted})"
+
+
+def _saved_task(model, task):
+    """``task``, the one saved values were fitted for, checked against ``model``'s own task."""
+    predictive = methods.predictive_model(model, "model")
+    own = tasks.infer(predictive)
+    if own is not None and own is not task:
+        raise ValueError(f"the saved values are for task {task.value!r}; model "
+                         f"{predictive.name!r} has task {own.value!r}.")
+    return tasks.resolve(predictive, task)
 
 
 def _nll(probabilities, y):

@@ -241,14 +241,80 @@ class Conformal:
                 out["mean"], out["variance"], q, self.score, alpha)
         return out
 
-    def get_config(self):
-        """The fitted values as a JSON-clean dict (saved with an export)."""
+    def get_config(self, with_scores=False):
+        """The fitted values as a JSON-clean dict (saved with an export).
+
+        Args:
+            with_scores: also the calibration ``scores`` (and ``stds``) and ``num_samples``:
+                everything `from_config` needs to rebuild the predictor at any alpha.
+        """
         inner = methods.post_hoc(self.model)
         q = np.asarray(self.quantile, np.float64)
-        return {"conformal": self.score.value, "task": self.task.value, "alpha": self.alpha,
-                "quantile": q.tolist(), "calibration_size": int(self.scores.shape[0]),
-                "randomized": self.randomized, "k_reg": self.k_reg, "lam": self.lam,
-                "calibrated": None if inner is None else inner.get_config()}
+        config = {"conformal": self.score.value, "task": self.task.value, "alpha": self.alpha,
+                  "quantile": q.tolist(), "calibration_size": int(self.scores.shape[0]),
+                  "randomized": self.randomized, "k_reg": self.k_reg, "lam": self.lam,
+                  "calibrated": None if inner is None else inner.get_config()}
+        if with_scores:
+            # float32 -> float64 -> JSON -> float32 is exact, so the rebuilt q is the same.
+            config.update(scores=np.asarray(self.scores, np.float64).tolist(),
+                          stds=None if self.stds is None
+                          else np.asarray(self.stds, np.float64).tolist(),
+                          num_samples=self.num_samples)
+        return config
+
+    @classmethod
+    def from_config(cls, model, config):
+        """The `Conformal` of ``model`` from ``get_config(with_scores=True)`` (no refit).
+
+        A config whose ``calibrated`` entry is set wraps ``model`` in
+        `tfp_bnn.calibration.Calibrated.from_config` first (or checks that ``model`` is that
+        calibration already).
+
+        Example:
+            >>> model = tf_keras.Sequential([tf_keras.Input((3,)), tf_keras.layers.Dense(
+            ...     3, use_bias=False, kernel_initializer="identity")])
+            >>> z = np.random.default_rng(1).normal(scale=2.0, size=(20, 3)).astype(np.float32)
+            >>> conf = conformal(model, z, z.argmax(1), score="lac", num_samples=1)
+            >>> again = Conformal.from_config(model, conf.get_config(with_scores=True))
+            >>> bool(again.quantile == conf.quantile)
+            True
+        """
+        if isinstance(model, Conformal):
+            raise ValueError(f"model is already conformal ({model!r}): pass the model it "
+                             "wraps. Received: model of type Conformal")
+        if not isinstance(config, dict) or config.get("scores") is None:
+            raise ValueError("config must be a dict from Conformal.get_config(with_scores=True) "
+                             "(with the calibration scores). Received: "
+                             f"{type(config).__name__} without 'scores'")
+        saved = config.get("calibrated")
+        inner = methods.post_hoc(model)
+        if inner is None and saved is not None:
+            model = calibration.Calibrated.from_config(model, saved)
+        elif inner is not None and inner.get_config() != saved:
+            raise ValueError(f"model is calibrated as {inner.get_config()}; the config was "
+                             f"fitted on {saved}.")
+        score = options.choice("conformal", config.get("conformal"), ConformalScore,
+                               what="conformal score")
+        task = options.choice("task", config.get("task"), Task)
+        resolved = (calibration._saved_task(model, task) if inner is None and saved is None
+                    else model.task)
+        if resolved is not task:
+            raise ValueError(f"config is for task {task.value!r}; the model's task is "
+                             f"{resolved.value!r}.")
+        _check_score(score, task)
+        scores = np.asarray(config["scores"], np.float32)
+        stds = None if config.get("stds") is None else np.asarray(config["stds"], np.float32)
+        if score is ConformalScore.CQR and (stds is None or stds.shape != scores.shape):
+            raise ValueError("score='cqr' needs 'stds' of the shape of 'scores'. Received: "
+                             f"stds={None if stds is None else stds.shape}, "
+                             f"scores={scores.shape}")
+        num_samples = config.get("num_samples")
+        return cls(model=model, task=task, score=score,
+                   alpha=options.probability("alpha", config.get("alpha")), scores=scores,
+                   stds=stds, randomized=_boolean("randomized", config.get("randomized")),
+                   k_reg=options.integer("k_reg", config.get("k_reg"), minimum=0),
+                   lam=options.number("lam", config.get("lam"), minimum=0.0),
+                   num_samples=None if num_samples is None else int(num_samples))
 
     def __repr__(self):
         return (f"Conformal(score={self.score.value!r}, alpha={self.alpha}, "
