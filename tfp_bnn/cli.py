@@ -1,8 +1,9 @@
 """The ``tfp-bnn`` command: train and predict on any table, the Iris main job, export, serving.
 
     tfp-bnn train DATA.csv --target COLUMN [--task auto] [--hidden 64,64] [--out runs/train]
+            [--calibrate]
     tfp-bnn predict MODEL DATA.csv --out predictions.csv [--num-samples 100] [--seed 0]
-            [--unsafe-load]
+            [--alpha 0.1] [--unsafe-load]
     tfp-bnn iris [--seeds 5] [--epochs 150] [--out runs/iris] [--overwrite] [--quiet]
     tfp-bnn export MODEL.keras EXPORT_DIR [--num-samples 10] [--noise exact] [--version N]
             [--overwrite] [--unsafe-load]
@@ -81,6 +82,18 @@ _positive_float = _float_at_least(0.0, "positive", strict=True)
 _non_negative_float = _float_at_least(0.0, "non-negative", strict=False)
 
 
+def _probability(text):
+    """An argparse type: a number strictly between 0 and 1 (a miscoverage level alpha)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(
+            f"expected a number strictly between 0 and 1, received {text!r}")
+    return value
+
+
 def _int_list(text):
     """An argparse type: comma-separated positive integers, e.g. ``64,64``."""
     try:
@@ -119,7 +132,8 @@ def _cmd_train(args):
                                prior=args.prior, kl_multiplier=args.kl_multiplier,
                                epochs=args.epochs, patience=args.patience,
                                batch_size=args.batch_size, learning_rate=args.learning_rate,
-                               num_samples=args.num_samples, seed=args.seed)
+                               num_samples=args.num_samples, seed=args.seed,
+                               calibrate=args.calibrate)
     train.run(args.out, args.target, csv=args.data, hub_id=args.hub_id, split=args.split,
               config=config, overwrite=args.overwrite, log=_log(args),
               verbose=0 if args.quiet else 1)
@@ -133,7 +147,7 @@ def _cmd_predict(args):
     pred = train.predict_csv(args.model, args.data, args.out, num_samples=args.num_samples,
                              seed=args.seed, overwrite=args.overwrite,
                              verbose=0 if args.quiet else 1, batch_size=args.batch_size,
-                             unsafe_load=args.unsafe_load)
+                             unsafe_load=args.unsafe_load, alpha=args.alpha, log=_log(args))
     rows = len(pred.mean if pred.probabilities is None else pred.probabilities)
     _log(args)(f"{rows} {pred.task} predictions ({args.num_samples} samples each) in {args.out}")
 
@@ -232,7 +246,9 @@ def build_parser():
                        description="Split (train / validation / test), min-max scale, bayesify an "
                        "MLP, train with early stopping on the MC validation NLL, evaluate on the "
                        "test split; write model.keras, preprocessing.json, metrics.json and "
-                       "history.csv into --out. Regression uses a Gaussian head (aleatoric std).")
+                       "history.csv into --out. Regression uses a Gaussian head (aleatoric std). "
+                       "--calibrate also fits calibration and conformal sets on the validation "
+                       "split (posthoc.json).")
     p.add_argument("data", metavar="DATA", nargs="?", default=None,
                    help="a CSV file with a header row (or use --hub-id)")
     p.add_argument("--hub-id", default=None,
@@ -257,6 +273,12 @@ def build_parser():
                    help="MC samples for the test evaluation (default 100)")
     p.add_argument("--seed", type=_seed, default=0,
                    help="seed of the split, the initialisation and the MC samples (default 0)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="after training, on the validation split: temperature scaling "
+                   "(classification) or variance scaling (regression), then split-conformal "
+                   "sets / intervals of the calibrated model (posthoc.json); metrics.json gains "
+                   "the test ECE after calibration and the coverage of 90%% sets. The split also "
+                   "chose the epoch, so the coverage guarantee is approximate")
     p.add_argument("--out", default=os.path.join("runs", "train"),
                    help="output folder (default runs/train)")
     p.add_argument("--overwrite", action="store_true",
@@ -269,7 +291,9 @@ def build_parser():
                        "--num-samples posterior samples and write one row per example: "
                        "predicted class, probabilities, predictive entropy = aleatoric + "
                        "epistemic (classification), or mean, std, variance = aleatoric + "
-                       "epistemic in the target's units (regression).")
+                       "epistemic in the target's units (regression). A model trained with "
+                       "--calibrate predicts calibrated; --alpha adds its conformal sets or "
+                       "intervals.")
     p.add_argument("model", metavar="MODEL",
                    help="a `tfp-bnn train` output folder, or a .keras file (its folder's "
                    "preprocessing.json is used when present)")
@@ -281,6 +305,10 @@ def build_parser():
                    "depend on --batch-size (batch i draws with the seed folded with i)")
     p.add_argument("--batch-size", type=_positive_int, default=None,
                    help="rows per compiled call (default 256)")
+    p.add_argument("--alpha", type=_probability, default=None,
+                   help="miscoverage level in (0, 1) of conformal 1 - alpha sets (columns "
+                   "prediction_set, class names joined by |, and set_size) or intervals "
+                   "(interval_lower, interval_upper); needs a model trained with --calibrate")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--unsafe-load", action="store_true", help=_UNSAFE_HELP)
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")

@@ -6,13 +6,17 @@ Columns, in order, of a classification report (`write_uncertainty_csv`):
     predictive_entropy, aleatoric, epistemic
 
 ``predicted = argmax_c p_c`` (first class on ties); ``predictive_entropy = aleatoric + epistemic``
-when the three come from `tfp_bnn.predict`'s decomposition. A regression report
+when the three come from `tfp_bnn.predict`'s decomposition of an uncalibrated model. Conformal
+sets (`tfp_bnn.conformal`) add ``prediction_set`` (the names of the classes in the set, in
+class order, joined by ``|``; empty for an empty set) and ``set_size``. A regression report
 (`write_regression_csv`, one group per output, suffixed ``_<d>`` when there are several):
 
-    index, [label,] mean, std, variance, aleatoric_variance, epistemic_variance
+    index, [label,] mean, std, variance, aleatoric_variance, epistemic_variance,
+    [interval_lower, interval_upper]
 
-with ``variance = aleatoric_variance + epistemic_variance`` and ``std = sqrt(variance)``. Floats
-are written with ``repr`` so they read back bit-exactly as float64.
+with ``variance = aleatoric_variance + epistemic_variance`` and ``std = sqrt(variance)``; the
+interval columns are those of conformal intervals. Floats are written with ``repr`` so they
+read back bit-exactly as float64.
 
 Example:
     >>> tf_keras.utils.set_random_seed(0)
@@ -51,7 +55,7 @@ def _column(values, name, n):
 
 
 def write_uncertainty_csv(path, labels, probabilities, predictive_entropy, aleatoric, epistemic,
-                          class_names=None, overwrite=False):
+                          class_names=None, overwrite=False, prediction_sets=None):
     """Write one CSV row per example with its prediction, class probabilities and uncertainties.
 
         row_i = (i, y_i, argmax_c p_ic, p_i0, ..., p_i(C-1), H_i, aleatoric_i, epistemic_i)
@@ -64,6 +68,8 @@ def write_uncertainty_csv(path, labels, probabilities, predictive_entropy, aleat
         class_names: optional C distinct names, used in the ``prob_<name>`` headers and, instead
             of integers, in the label and predicted columns.
         overwrite: replace an existing file; by default an existing ``path`` is an error.
+        prediction_sets: None, or bool [B, C] conformal sets (``tfp_bnn.predict(conformal)``'s
+            ``prediction_sets``): adds the ``prediction_set`` and ``set_size`` columns.
 
     Returns:
         ``path``, as given.
@@ -90,6 +96,14 @@ def write_uncertainty_csv(path, labels, probabilities, predictive_entropy, aleat
         as_name = names.__getitem__
     header = ["index"] + (["label"] if y is not None else []) + ["predicted"]
     header += [f"prob_{c}" for c in names] + ["predictive_entropy", "aleatoric", "epistemic"]
+    sets = None
+    if prediction_sets is not None:
+        sets = np.asarray(prediction_sets)
+        if sets.dtype.kind != "b" or sets.shape != p.shape:
+            raise ValueError(f"prediction_sets must be a bool array of the shape of "
+                             f"probabilities {p.shape}. Received: prediction_sets of dtype "
+                             f"{sets.dtype} and shape {sets.shape}")
+        header += ["prediction_set", "set_size"]
     predicted = p.argmax(axis=1)
     with _open(path, overwrite) as f:
         writer = csv.writer(f)
@@ -97,12 +111,15 @@ def write_uncertainty_csv(path, labels, probabilities, predictive_entropy, aleat
         for i in range(n):
             row = [i] + ([as_name(int(y[i]))] if y is not None else []) + [as_name(int(predicted[i]))]
             row += [repr(float(v)) for v in p[i]] + [repr(float(c[i])) for c in columns]
+            if sets is not None:
+                members = np.flatnonzero(sets[i])
+                row += ["|".join(str(as_name(int(k))) for k in members), len(members)]
             writer.writerow(row)
     return path
 
 
 def write_regression_csv(path, labels, mean, aleatoric_variance, epistemic_variance,
-                         overwrite=False):
+                         overwrite=False, interval_lower=None, interval_upper=None):
     """Write one CSV row per example with its predictive mean and variance decomposition.
 
         row_i = (i, y_i, m_i, sqrt(a_i + e_i), a_i + e_i, a_i, e_i)     (per output d)
@@ -113,6 +130,8 @@ def write_regression_csv(path, labels, mean, aleatoric_variance, epistemic_varia
         mean, aleatoric_variance, epistemic_variance: [B] or [B, D], e.g. `tfp_bnn.predict`'s
             ``mean``, ``aleatoric_variance`` and ``epistemic_variance``.
         overwrite: replace an existing file; by default an existing ``path`` is an error.
+        interval_lower, interval_upper: None, or [B] / [B, D] conformal interval ends (in the
+            units of ``mean``): adds the ``interval_lower`` and ``interval_upper`` columns.
 
     Returns:
         ``path``, as given.
@@ -127,12 +146,24 @@ def write_regression_csv(path, labels, mean, aleatoric_variance, epistemic_varia
     y = None if labels is None else _matrix(labels, "labels")
     if y is not None and y.shape != m.shape:
         raise ValueError(f"labels must match mean's shape {m.shape}. Received: {y.shape}")
+    if (interval_lower is None) != (interval_upper is None):
+        raise ValueError("interval_lower and interval_upper go together. Received: "
+                         f"interval_lower={'None' if interval_lower is None else 'an array'}, "
+                         f"interval_upper={'None' if interval_upper is None else 'an array'}")
     names = ("label", "mean", "std", "variance", "aleatoric_variance", "epistemic_variance")
+    bounds = []
+    if interval_lower is not None:
+        bounds = [_matrix(interval_lower, "interval_lower"),
+                  _matrix(interval_upper, "interval_upper")]
+        if any(b.shape != m.shape for b in bounds):
+            raise ValueError(f"interval_lower and interval_upper must match mean's shape "
+                             f"{m.shape}. Received: {bounds[0].shape}, {bounds[1].shape}")
+        names += ("interval_lower", "interval_upper")
     suffixes = [""] if d == 1 else [f"_{k}" for k in range(d)]
     header = ["index"] + [f"{name}{sfx}" for name in names if y is not None or name != "label"
                           for sfx in suffixes]
     var = a + e
-    columns = ([y] if y is not None else []) + [m, np.sqrt(var), var, a, e]
+    columns = ([y] if y is not None else []) + [m, np.sqrt(var), var, a, e] + bounds
     with _open(path, overwrite) as f:
         writer = csv.writer(f)
         writer.writerow(header)

@@ -13,11 +13,17 @@
     fit     -> Adam, sparse (two classes: binary) cross-entropy from logits or GaussianNLL,
                early stopping on the
                Monte Carlo validation NLL (best weights restored)
+    posthoc -> (``calibrate=True``) on the validation split: `tfp_bnn.calibrate` (temperature
+               for classes, variance scaling for regression), then `tfp_bnn.conformal` of the
+               calibrated model (deterministic APS sets / normalised-residual intervals)
     out     -> model.keras, preprocessing.json (columns, classes, scaling), metrics.json,
-               history.csv and, written last, manifest.json (sizes, sha256); staged beside
-               ``out`` and swapped in complete (`tfp_bnn.results`); kept unless overwrite
+               history.csv, posthoc.json (``calibrate=True``) and, written last, manifest.json
+               (sizes, sha256); staged beside ``out`` and swapped in complete
+               (`tfp_bnn.results`); kept unless overwrite
     predict -> the saved scaling applied to a CSV's feature columns, S posterior samples, one
                row per example with the uncertainty decomposition in the target's units
+               (calibrated when posthoc.json exists; ``alpha`` adds the conformal sets or
+               intervals)
 
 Example:
     >>> import shutil
@@ -31,6 +37,7 @@ Example:
 """
 import dataclasses
 import json
+import math
 import os
 import time
 
@@ -43,6 +50,8 @@ from tfp_bnn import options
 from tfp_bnn import priors as priors_lib
 from tfp_bnn import reports, results, safety
 from tfp_bnn._keras import tf_keras
+from tfp_bnn.calibration import calibrate
+from tfp_bnn.conformal import Conformal, conformal, minimum_calibration_size
 from tfp_bnn.convert import ESTIMATORS, bayesify
 from tfp_bnn.elbo import set_kl_weight
 from tfp_bnn.heads import GaussianHead
@@ -51,12 +60,20 @@ from tfp_bnn.options import Task
 from tfp_bnn.predict import DEFAULT_BATCH_SIZE, NonFiniteOutputError, predict
 from tfp_bnn.tasks import resolve as resolve_task
 
-__all__ = ["TrainConfig", "OUTPUT_FILES", "PREPROCESSING_FILE", "build_model", "fit", "run",
-           "load", "predict_csv"]
+__all__ = ["TrainConfig", "OUTPUT_FILES", "OWNED_FILES", "PREPROCESSING_FILE", "POSTHOC_FILE",
+           "CALIBRATION_ALPHA", "build_model", "fit", "run", "load", "predict_csv"]
 
 PREPROCESSING_FILE = "preprocessing.json"
-# Files `run` writes into its output folder; an existing one is never replaced without overwrite.
+POSTHOC_FILE = "posthoc.json"
+# Files every `run` writes into its output folder; an existing one is never replaced without
+# overwrite.
 OUTPUT_FILES = ("model.keras", PREPROCESSING_FILE, "metrics.json", "history.csv")
+# ... and every file a run may write (posthoc.json with calibrate=True): a folder holding only
+# these is ours to replace; a rerun without calibrate replaces it whole, leaving no stale one.
+OWNED_FILES = OUTPUT_FILES + (POSTHOC_FILE,)
+# The miscoverage level of the conformal sets `run` scores on its test split (90 % sets) and
+# saves as the default; `predict_csv` takes any other alpha the calibration set allows.
+CALIBRATION_ALPHA = 0.1
 TASKS = ("auto", "classification", "regression")
 
 
@@ -76,8 +93,12 @@ class TrainConfig:
     num_samples: int = 100
     val_samples: int = 20
     seed: int = 0
+    calibrate: bool = False
 
     def __post_init__(self):
+        if not isinstance(self.calibrate, (bool, np.bool_)):
+            raise ValueError(f"calibrate must be True or False. Received: "
+                             f"calibrate={self.calibrate!r}")
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}. Received: task={self.task!r}")
         if self.estimator not in ESTIMATORS:
@@ -220,9 +241,17 @@ def run(out, target, csv=None, hub_id=None, split="train", config=TrainConfig(),
         target: the column to predict; every other column is a numeric feature.
         csv: a local CSV file, or
         hub_id: a Hugging Face dataset id (needs network), read at ``split``.
-        config: `TrainConfig` (task, network, prior, epochs, seed, ...).
+        config: `TrainConfig` (task, network, prior, epochs, seed, calibrate, ...). With
+            ``calibrate``, the validation split fits a temperature (classification) or a
+            variance scale (regression) and then split-conformal sets / intervals of the
+            calibrated model (deterministic APS; normalised residuals), saved in
+            ``posthoc.json``; metrics.json gains the test ECE (or NLL) after calibration and
+            the test coverage and mean set size / interval width at `CALIBRATION_ALPHA`. The
+            same split also chose the epoch (early stopping) and the temperature, so the
+            conformal guarantee, which needs calibration data untouched by any fit, is
+            approximate in that respect (one chosen epoch and one or two fitted scalars).
         overwrite: replace the results already in ``out`` (only a folder holding nothing but
-            `OUTPUT_FILES` and the manifest is ever replaced).
+            `OWNED_FILES` and the manifest is ever replaced).
         log: a print-like function for the summary (``lambda *a: None`` = quiet).
         verbose: 1 shows Keras progress bars for the epochs and the test prediction.
 
@@ -231,7 +260,7 @@ def run(out, target, csv=None, hub_id=None, split="train", config=TrainConfig(),
     """
     start = time.time()
     out = os.fspath(out)
-    stage = results.Staging(out, overwrite, owned=OUTPUT_FILES, argument="--out")
+    stage = results.Staging(out, overwrite, owned=OWNED_FILES, argument="--out")
     table, source = _load_table(csv, hub_id, target, config.task, split)
     task = table.task
     if task == "classification" and len(table.class_names) < 2:
@@ -257,6 +286,11 @@ def run(out, target, csv=None, hub_id=None, split="train", config=TrainConfig(),
     model = build_model(len(table.feature_names), num_outputs, len(parts.x_train), task,
                         config.hidden, config.estimator, config.prior, config.kl_multiplier,
                         config.learning_rate)
+    needed = minimum_calibration_size(CALIBRATION_ALPHA)
+    if config.calibrate and len(parts.x_val) < needed:
+        raise ValueError(f"--calibrate (calibrate=True) needs at least {needed} validation rows "
+                         f"for {1 - CALIBRATION_ALPHA:.0%} conformal sets; the validation split "
+                         f"of {source!r} has {len(parts.x_val)} (20 % of the non-test rows).")
     for name, samples, rows in (("num_samples", config.num_samples, len(parts.x_test)),
                                 ("val_samples", config.val_samples, len(parts.x_val))):
         safety.check_sample_memory(model, samples, min(rows, DEFAULT_BATCH_SIZE), name)
@@ -270,6 +304,11 @@ def run(out, target, csv=None, hub_id=None, split="train", config=TrainConfig(),
         pred = predict(model, parts.x_test, num_samples=config.num_samples, seed=config.seed,
                        verbose=1 if verbose else 0)
         metrics = _evaluate(pred, parts.y_test, y_scaling)
+        if config.calibrate:
+            posthoc, posthoc_metrics = _fit_posthoc(model, parts, config, y_scaling)
+            metrics.update(posthoc_metrics)
+            _write_json(os.path.join(stage.path, POSTHOC_FILE),
+                        posthoc.get_config(with_scores=True))
         metrics.update(task=task, target=target, source=source, epochs_trained=len(history),
                        num_train=len(parts.x_train), num_val=len(parts.x_val),
                        num_test=len(parts.x_test), config=dataclasses.asdict(config))
@@ -303,15 +342,55 @@ def _evaluate(pred, y, y_scaling):
             "mean_epistemic_variance": float(epi.mean())}
 
 
+def _fit_posthoc(model, parts, config, y_scaling):
+    """The conformal (of the calibrated) model fitted on the validation split, its test metrics.
+
+    APS sets are deterministic (u = 1): the same whatever the seed and batch size of a
+    `predict_csv` call, at the price of over-covering slightly. A set is empty where the top
+    probability at x exceeds the quantile q (randomised sets can be empty more often).
+    """
+    classifies = resolve_task(model).is_classification
+    fit_args = dict(num_samples=config.num_samples, seed=config.seed)
+    cal = calibrate(model, parts.x_val, parts.y_val,
+                    method="temperature" if classifies else "variance", **fit_args)
+    conf = conformal(cal, parts.x_val, parts.y_val, alpha=CALIBRATION_ALPHA, randomized=False,
+                     **fit_args)
+    pred = predict(conf, parts.x_test, **fit_args, verbose=0)
+    out = {"calibration": {k: v for k, v in cal.get_config().items() if v is not None},
+           "conformal_alpha": CALIBRATION_ALPHA, "num_calibration": len(parts.y_val)}
+    if classifies:
+        p = pred.probabilities
+        out.update(test_ece_calibrated=metrics_lib.expected_calibration_error(p, parts.y_test),
+                   test_nll_calibrated=metrics_lib.nll(p, parts.y_test),
+                   test_coverage=metrics_lib.empirical_coverage(pred.prediction_sets,
+                                                                parts.y_test),
+                   test_mean_set_size=metrics_lib.set_size(pred.prediction_sets))
+        return conf, out
+    mean, alea, epi = _unscale(pred, y_scaling)
+    lower, upper = (_unscale_values(v, y_scaling) for v in (pred.interval_lower,
+                                                           pred.interval_upper))
+    y = np.asarray(parts.y_test, np.float64) * y_scaling["std"] + y_scaling["mean"]
+    out.update(test_nll_calibrated=metrics_lib.gaussian_nll(mean, alea + epi, y),
+               test_coverage=metrics_lib.picp(lower, upper, y),
+               test_mean_interval_width=metrics_lib.mean_interval_width(lower, upper))
+    return conf, out
+
+
+def _unscale_values(values, y_scaling):
+    """Values in the model's target units (a mean, an interval end) in the target's own."""
+    values = np.asarray(values, np.float64)
+    return values if y_scaling is None else values * y_scaling["std"] + y_scaling["mean"]
+
+
 def _unscale(pred, y_scaling):
     """Mean and variances of a regression `Prediction` in the target's original units."""
-    mean = pred.mean.astype(np.float64)
+    mean = _unscale_values(pred.mean, y_scaling)
     alea = pred.aleatoric_variance.astype(np.float64)
     epi = pred.epistemic_variance.astype(np.float64)
     if y_scaling is None:
         return mean, alea, epi
     s2 = y_scaling["std"] ** 2
-    return mean * y_scaling["std"] + y_scaling["mean"], alea * s2, epi * s2
+    return mean, alea * s2, epi * s2
 
 
 def _write_json(path, obj):
@@ -327,6 +406,19 @@ def _summary(m, out):
         scores = (f"test RMSE {m['test_rmse']:.4g}, NLL {m['test_nll']:.3f}, mean variance "
                   f"aleatoric {m['mean_aleatoric_variance']:.4g} / "
                   f"epistemic {m['mean_epistemic_variance']:.4g}")
+    if "test_coverage" in m:
+        level = f"{1 - m['conformal_alpha']:.0%}"
+        if m["task"] == "classification":
+            scores += (f"\ncalibrated (T = {m['calibration']['temperature']:.3g}): ECE "
+                       f"{m['test_ece']:.3f} -> {m['test_ece_calibrated']:.3f}, NLL "
+                       f"{m['test_nll']:.3f} -> {m['test_nll_calibrated']:.3f}; {level} sets: "
+                       f"test coverage {m['test_coverage']:.3f}, mean size "
+                       f"{m['test_mean_set_size']:.2f}")
+        else:
+            scores += (f"\ncalibrated (variance x {m['calibration']['variance_scale']:.3g}): "
+                       f"NLL {m['test_nll']:.3f} -> {m['test_nll_calibrated']:.3f}; {level} "
+                       f"intervals: test coverage {m['test_coverage']:.3f}, mean width "
+                       f"{m['test_mean_interval_width']:.4g}")
     return (f"{m['epochs_trained']} epochs; {scores}\n"
             f"Results in {out}/ ({m['seconds']} s)")
 
@@ -355,6 +447,12 @@ def load(path, unsafe_load=False, require_preprocessing=False):
     Returns:
         ``(model, preprocessing)``; ``preprocessing`` is None for a bare ``.keras`` file.
     """
+    model, preprocessing, _ = _load(path, unsafe_load, require_preprocessing)
+    return model, preprocessing
+
+
+def _load(path, unsafe_load, require_preprocessing):
+    """`load`, plus the folder's posthoc.json contents (None when its manifest lists none)."""
     path = os.fspath(path)
     folder, file = (path, os.path.join(path, "model.keras")) if os.path.isdir(path) else (
         os.path.dirname(path) or ".", path)
@@ -367,31 +465,34 @@ def load(path, unsafe_load=False, require_preprocessing=False):
         if os.path.relpath(file, folder).replace(os.sep, "/") not in listed:
             raise ValueError(f"MODEL={path!r} is not listed in the manifest of {folder!r}.")
         use_meta = PREPROCESSING_FILE in listed
+        use_posthoc = POSTHOC_FILE in listed
         if require_preprocessing and not use_meta:
             raise ValueError(f"{folder!r} holds no {PREPROCESSING_FILE} (a `tfp-bnn iris` "
                              "folder, say): its model expects scaled inputs, and raw CSV values "
                              "would be predicted wrongly. Use a `tfp-bnn train` folder.")
     else:
-        beside = [n for n in OUTPUT_FILES if n != os.path.basename(file)
+        beside = [n for n in OWNED_FILES if n != os.path.basename(file)
                   and os.path.exists(os.path.join(folder, n))]
         if beside:
             raise ValueError(f"{', '.join(beside)} lie beside MODEL={path!r} without a "
                              f"{results.MANIFEST}: an incomplete or hand-assembled result is "
                              "not trusted; rerun `tfp-bnn train`, or move the .keras file out.")
-        use_meta = False
+        use_meta = use_posthoc = False
     model = safety.load_model(file, unsafe_load=unsafe_load)
-    if not use_meta:
-        return model, None
-    with open(meta_path) as f:
+    return (model, _read_json(meta_path) if use_meta else None,
+            _read_json(os.path.join(folder, POSTHOC_FILE)) if use_posthoc else None)
+
+
+def _read_json(path):
+    with open(path) as f:
         try:
-            preprocessing = json.load(f)
+            return json.load(f)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{meta_path!r} is not valid JSON: {e}") from None
-    return model, preprocessing
+            raise ValueError(f"{path!r} is not valid JSON: {e}") from None
 
 
 def predict_csv(model_path, csv, out, num_samples=100, seed=None, overwrite=False, verbose=0,
-                batch_size=None, unsafe_load=False):
+                batch_size=None, unsafe_load=False, alpha=None, log=None):
     """Predict every row of ``csv`` with a saved model; write one report row per example.
 
     Classification rows (`tfp_bnn.reports.write_uncertainty_csv`): predicted class, class
@@ -399,6 +500,13 @@ def predict_csv(model_path, csv, out, num_samples=100, seed=None, overwrite=Fals
     information). Regression rows (`write_regression_csv`): mean, std, variance = aleatoric +
     epistemic, in the target's units. When ``csv`` has the training target column, its value
     is written as ``label``.
+
+    A model trained with ``calibrate=True`` (a ``posthoc.json`` in its folder) is always
+    predicted calibrated: temperature-scaled probabilities and predictive entropy (aleatoric
+    and epistemic stay the model's, so they no longer sum to it), or scaled variances.
+    ``alpha`` adds its split-conformal ``1 - alpha`` sets (``prediction_set``, the class names
+    joined by ``|``, and ``set_size``) or intervals (``interval_lower``, ``interval_upper``
+    in the target's units).
 
     Args:
         model_path: a `run` output folder or a ``.keras`` file (see `load`).
@@ -409,20 +517,30 @@ def predict_csv(model_path, csv, out, num_samples=100, seed=None, overwrite=Fals
         verbose: 1 shows a Keras progress bar over the batches.
         batch_size: rows per compiled call (`tfp_bnn.predict`'s default when None).
         unsafe_load: see `load`.
+        alpha: None, or the miscoverage level in (0, 1) of the conformal sets / intervals (a
+            model trained with ``calibrate=True``; at least ``1 / (n + 1)`` for its n
+            calibration examples).
+        log: a print-like function told the empirical coverage when ``alpha`` is given and
+            ``csv`` holds the target (None: silent).
 
     Raises:
         ValueError naming the CSV's data row whose features or outputs are not finite in
-        float32; nothing is written then (a report holds finite numbers only).
+        float32, or naming ``--alpha`` and its value when the model has no conformal
+        calibration or too few calibration examples for it; nothing is written then.
 
     Returns:
         The `tfp_bnn.Prediction` (in the model's units: before undoing a target scaling).
     """
     out = os.fspath(out)
+    alpha = None if alpha is None else options.probability("alpha", alpha)
     stage = results.Staging(out, overwrite, argument="--out", kind="file")
     if not os.path.isfile(csv):
         raise FileNotFoundError(f"No CSV file at path={os.fspath(csv)!r}")
-    model, meta = load(model_path, unsafe_load=unsafe_load, require_preprocessing=True)
+    model, meta, posthoc = _load(model_path, unsafe_load, require_preprocessing=True)
     task = resolve_task(model)
+    conf = None if posthoc is None else Conformal.from_config(model, posthoc)
+    if alpha is not None:
+        _check_alpha(alpha, conf, model_path)
     if meta is None:
         x, raw_y = data_lib.load_features(csv)
         scaler, target, class_names, y_scaling = None, None, None, None
@@ -445,9 +563,11 @@ def predict_csv(model_path, csv, out, num_samples=100, seed=None, overwrite=Fals
                              "float32's range once scaled with the training statistics, far "
                              "outside the training data; nothing was predicted.")
     safety.check_sample_memory(model, num_samples, min(len(x), batch_size or DEFAULT_BATCH_SIZE))
+    # Without alpha the calibration alone: no sets computed, none written.
+    predicted = model if conf is None else conf if alpha is not None else conf.model
     try:
-        pred = predict(model, x, num_samples=num_samples, seed=seed, batch_size=batch_size,
-                       verbose=1 if verbose else 0)
+        pred = predict(predicted, x, num_samples=num_samples, seed=seed, batch_size=batch_size,
+                       verbose=1 if verbose else 0, alpha=alpha)
     except NonFiniteOutputError as e:
         raise ValueError(f"{os.fspath(csv)!r} data row {e.index + 1}: the model's output is "
                          "not finite (inputs too far outside the training range for float32 "
@@ -457,7 +577,13 @@ def predict_csv(model_path, csv, out, num_samples=100, seed=None, overwrite=Fals
             labels = None if raw_y is None else _class_ids(raw_y, class_names, target, csv)
             reports.write_uncertainty_csv(stage.path, labels, pred.probabilities,
                                           pred.predictive_entropy, pred.expected_entropy,
-                                          pred.mutual_information, class_names=class_names)
+                                          pred.mutual_information, class_names=class_names,
+                                          prediction_sets=pred.prediction_sets)
+            if log is not None and alpha is not None and labels is not None:
+                log(f"{1 - alpha:.0%} sets: coverage "
+                    f"{metrics_lib.empirical_coverage(pred.prediction_sets, labels):.3f}, mean "
+                    f"size {metrics_lib.set_size(pred.prediction_sets):.2f} on the {len(labels)} "
+                    f"labelled rows of {os.fspath(csv)!r}")
         else:
             labels = None
             if raw_y is not None:
@@ -467,9 +593,31 @@ def predict_csv(model_path, csv, out, num_samples=100, seed=None, overwrite=Fals
                     raise ValueError(f"Target column {target!r} in {os.fspath(csv)!r} is not "
                                      "numeric") from None
             mean, alea, epi = _unscale(pred, y_scaling)
-            reports.write_regression_csv(stage.path, labels, mean, alea, epi)
+            bounds = ({} if alpha is None else {
+                "interval_lower": _unscale_values(pred.interval_lower, y_scaling),
+                "interval_upper": _unscale_values(pred.interval_upper, y_scaling)})
+            reports.write_regression_csv(stage.path, labels, mean, alea, epi, **bounds)
+            if log is not None and bounds and labels is not None:
+                log(f"{1 - alpha:.0%} intervals: coverage "
+                    f"{metrics_lib.picp(*bounds.values(), labels):.3f}, mean width "
+                    f"{metrics_lib.mean_interval_width(*bounds.values()):.4g} on the "
+                    f"{len(labels)} labelled rows of {os.fspath(csv)!r}")
         stage.commit()
     return pred
+
+
+def _check_alpha(alpha, conf, model_path):
+    """Refuse an ``alpha`` the saved model has no conformal sets for, naming --alpha."""
+    if conf is None:
+        raise ValueError(f"--alpha={alpha} needs a model trained with --calibrate (calibrate="
+                         f"True): MODEL={os.fspath(model_path)!r} has no {POSTHOC_FILE} with "
+                         "conformal calibration scores.")
+    n = len(conf.scores)
+    if n < minimum_calibration_size(alpha):
+        raise ValueError(f"--alpha={alpha} needs at least {minimum_calibration_size(alpha)} "
+                         f"calibration examples; MODEL={os.fspath(model_path)!r} was calibrated "
+                         f"on {n} (its validation split): use --alpha >= 1/(n + 1), "
+                         f"{math.ceil(1e4 / (n + 1)) / 1e4:g} or more.")
 
 
 def _class_ids(raw, class_names, target, source):
