@@ -36,7 +36,7 @@ References:
 from tfp_bnn import bayesian, options
 from tfp_bnn import posteriors as posteriors_lib
 from tfp_bnn import priors as priors_lib
-from tfp_bnn import stacking
+from tfp_bnn import sampling, stacking
 from tfp_bnn._keras import tf
 from tfp_bnn.bayesian import BayesianLayer
 
@@ -247,7 +247,7 @@ class KernelLayer(BayesianLayer):
         x = tf.convert_to_tensor(inputs, dtype=self.dtype)
         s = ctx.num_samples
         if (ctx.noise is options.Noise.SHARED and self._flipout_factorizes()
-                and stacking.shared_pays(x, ctx)):
+                and sampling.shared_pays(x, ctx)):
             return self._shared_call(x, ctx)
         shape = tf.shape(x)
         xs = tf.reshape(x, tf.concat([[s, shape[0] // s], shape[1:]], 0))

@@ -321,7 +321,7 @@ class _ConvMixin(_TFPLayer):
         perturbation flipped per row (`tfp_bnn.stacking.shared_stages`)."""
         s = ctx.num_samples
         loc = self._loc("kernel")
-        if ctx.noise is options.Noise.SHARED and stacking.shared_pays(x, ctx):
+        if ctx.noise is options.Noise.SHARED and sampling.shared_pays(x, ctx):
             delta = self._scale("kernel", ctx) * ctx.normal(tf.shape(loc), x.dtype)
             axis = 1 if self.data_format == "channels_first" else -1
             out = stacking.shared_stages(x, ctx, [("kernel", self._op)], {"kernel": loc},

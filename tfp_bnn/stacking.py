@@ -50,7 +50,7 @@ import math
 
 from tfp_bnn._keras import tf
 
-__all__ = ["sample_stages", "shared_pays", "flipout_stages", "shared_stages",
+__all__ = ["sample_stages", "flipout_stages", "shared_stages",
            "channel_sign_shape", "add_per_copy", "FOLD_MAX_MACS", "FOLD_MAX_ROWS",
            "rows_threshold"]
 
@@ -160,18 +160,6 @@ def _loop(xs, stages, kernels, bias, finish):
         return finish(x, a[2] if per_sample_bias else bias)
 
     return tf.map_fn(one_sample, elems, fn_output_signature=xs.dtype)
-
-
-def shared_pays(x, ctx):
-    """Whether `Noise.SHARED` is cheaper than exact draws for sample-major rows ``x``: for at
-    most `FOLD_MAX_ROWS` rows per copy. It runs two convolutions over all S*B rows where the
-    exact draws run one over B rows per draw; that pays only while the S x K normals of the
-    exact draws cost more than the convolutions (small batches). Larger batches draw exactly."""
-    s = ctx.num_samples if isinstance(ctx.num_samples, int) else tf.get_static_value(
-        ctx.num_samples)
-    if x.shape[0] is not None and s is not None:
-        return x.shape[0] // s <= FOLD_MAX_ROWS
-    return ctx.rows[1] is not None and ctx.rows[1] - 1 <= FOLD_MAX_ROWS
 
 
 def flipout_stages(x, stages, locs, deltas, signs):
