@@ -77,6 +77,21 @@ def test_lac_aps_raps_scores_on_a_hand_example():
                                   [[False, True, True]])
 
 
+def test_deterministic_aps_and_raps_sets_are_never_empty():
+    # p_top = 0.7 > q = 0.5: the rule {score <= q} is empty; the top class is added. Elsewhere
+    # the sets are the rule's.
+    p = np.array([[0.7, 0.2, 0.1], [0.3, 0.25, 0.45]], np.float32)
+    for score in ("aps", "raps"):
+        sets = prediction_sets(p, 0.5, score, k_reg=1, lam=0.01).numpy()
+        rule = (class_scores(p, score, k_reg=1, lam=0.01) <= 0.5).numpy()
+        np.testing.assert_array_equal(rule[0], [False, False, False])
+        np.testing.assert_array_equal(sets, [[True, False, False], rule[1]])
+        assert rule[1].any()
+    # LAC and the randomised scores keep their empty sets (exact coverage).
+    assert not prediction_sets(p, 0.2, "lac").numpy()[1].any()
+    assert not prediction_sets(p, 0.5, "aps", u=np.ones(2) * 0.99).numpy()[0].any()
+
+
 def test_tied_probabilities_rank_by_class_index():
     p = np.array([[0.4, 0.2, 0.4]], np.float32)
     np.testing.assert_allclose(class_scores(p, "aps"), [[0.4, 1.0, 0.8]],
@@ -261,7 +276,7 @@ def test_randomized_aps_in_predict_is_seeded_and_contains_the_deterministic_sets
     np.testing.assert_array_equal(a.prediction_sets, b.prediction_sets)
     # u <= 1: a label's randomised score is at most its deterministic score, so at the same q
     # the randomised set holds the deterministic one, and is larger where u p_y mattered.
-    det = prediction_sets(a.probabilities, rand.quantile, "aps").numpy()
+    det = (class_scores(a.probabilities, "aps") <= rand.quantile).numpy()
     assert (det <= a.prediction_sets).all() and (det < a.prediction_sets).any()
     other = tfp_bnn.predict(rand, x_test, num_samples=NUM_SAMPLES, seed=6, verbose=0)
     assert (other.prediction_sets != a.prediction_sets).any()  # u follows the seed

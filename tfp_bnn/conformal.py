@@ -117,8 +117,20 @@ def class_scores(probabilities, score, u=None, k_reg=1, lam=0.0):
 
 
 def prediction_sets(probabilities, q, score, u=None, k_reg=1, lam=0.0):
-    """``C(x) = {y : score(x, y) <= q}`` as a bool [B, C] tensor (arguments as `class_scores`)."""
-    return class_scores(probabilities, score, u, k_reg, lam) <= q
+    """``C(x) = {y : score(x, y) <= q}`` as a bool [B, C] tensor (arguments as `class_scores`).
+
+    Deterministic APS/RAPS (``u`` None) add the top class when that set is empty (its score,
+    p_top, exceeds q): a superset of a valid set keeps the coverage guarantee, and the set is
+    never empty (MAPIE's ``include_last_label`` in the case where the last label is the first).
+    """
+    sets = class_scores(probabilities, score, u, k_reg, lam) <= q
+    score = options.choice("score", score, ConformalScore)
+    if u is None and score is not ConformalScore.LAC:
+        p = tf.cast(probabilities, tf.float32)
+        top = tf.one_hot(tf.argmax(p, axis=-1), tf.shape(p)[-1], on_value=True,
+                         off_value=False)
+        sets = sets | top
+    return sets
 
 
 def intervals(mean, variance, q, score, alpha=None):
