@@ -33,8 +33,16 @@ What is timed:
 
     python scripts/compare_bayesian_torch.py --out benchmarks/bayesian_torch.json
     python scripts/compare_bayesian_torch.py --quick          # smoke run: 3 epochs, 1 repeat
+    python scripts/compare_bayesian_torch.py --calibrate 0.2  # tfp_bnn +T, no torch run
 
 Prints a markdown table of medians over repeats and the ratios tfp_bnn / bayesian-torch.
+
+``--calibrate FRACTION`` runs tfp_bnn's side only: each repeat trains on the training split
+minus a stratified FRACTION carve (a temperature fitted on examples the net was trained on would
+look better than it is on new ones) and fits ``tfp_bnn.calibrate(..., method="temperature")``
+on the carve, then reports test accuracy, NLL and ECE (15 bins) before and after against
+bayesian-torch's scores read from ``--reference`` (a full run's JSON; it trained on the whole
+training split, so the calibrated side is handicapped by the carve, not helped).
 """
 import argparse
 import json
@@ -107,8 +115,17 @@ def _env(threads, peer=False, omp_wait_policy="PASSIVE"):
 # tfp_bnn's side (run in its own subprocess by `compare`)
 # ---------------------------------------------------------------------------------------------
 def tfp_bnn_side(data_dir, out_dir, epochs, batch_size, lr, num_samples, seed, threads,
-                 predict_calls):
-    """Train and predict with tfp_bnn; writes ``tfp_bnn.json`` and ``tfp_bnn_probs.npy``."""
+                 predict_calls, val_fraction=None):
+    """Train and predict with tfp_bnn; writes ``tfp_bnn.json`` and ``tfp_bnn_probs.npy``.
+
+    ``val_fraction``: train on the training split minus a stratified carve of this share
+    (seed 2000 + seed; KL weight 1 / the examples trained on), fit
+    ``tfp_bnn.calibrate(model, x_val, y_val, method="temperature")`` on the carve with the same
+    S, and also write the test probabilities of one seeded prediction before and after
+    (``tfp_bnn_seeded_probs.npy``, ``tfp_bnn_cal_probs.npy``) and ``temperature`` in the
+    JSON. Trained on the carve too, the temperature would be fitted on examples the net has
+    fitted, where it looks better calibrated than on new ones.
+    """
     from tfp_bnn._keras import tf, tf_keras
 
     if threads is not None:  # None: TensorFlow already started in this process (a test)
@@ -119,6 +136,10 @@ def tfp_bnn_side(data_dir, out_dir, epochs, batch_size, lr, num_samples, seed, t
 
     load = lambda name: np.load(os.path.join(data_dir, name + ".npy"))  # noqa: E731
     x_train, y_train, x_test = load("x_train"), load("y_train"), load("x_test")
+    if val_fraction:
+        from sklearn.model_selection import train_test_split
+        x_train, x_val, y_train, y_val = train_test_split(
+            x_train, y_train, test_size=val_fraction, stratify=y_train, random_state=2000 + seed)
     tf_keras.utils.set_random_seed(seed)
     init = lambda: tf_keras.initializers.RandomNormal(stddev=0.1)  # noqa: E731
     layers = [tf_keras.Input((x_train.shape[1],))]
@@ -157,8 +178,19 @@ def tfp_bnn_side(data_dir, out_dir, epochs, batch_size, lr, num_samples, seed, t
         times.append(time.perf_counter() - start)
         probs = p if probs is None else probs
     np.save(os.path.join(out_dir, "tfp_bnn_probs.npy"), probs)
+    calibration = {}
+    if val_fraction:
+        cal = tfp_bnn.calibrate(bnn, x_val, y_val, method="temperature",
+                                num_samples=num_samples, seed=seed)
+        # Both seeded alike: the same MC draws before and after, so only T differs.
+        for name, model in (("tfp_bnn_seeded_probs", bnn), ("tfp_bnn_cal_probs", cal)):
+            np.save(os.path.join(out_dir, name + ".npy"), tfp_bnn.predict(
+                model, x_test, num_samples=num_samples, seed=seed, batch_size=len(x_test),
+                verbose=0).probabilities)
+        calibration = {"temperature": cal.temperature, "val_fraction": val_fraction,
+                       "trained_on": len(x_train), "validation_nll": list(cal.validation_nll)}
     from importlib.metadata import version
-    result = {"train_seconds": train_seconds, "predict_seconds": times,
+    result = {**calibration, "train_seconds": train_seconds, "predict_seconds": times,
               "final_epoch_loss": float(history.history["loss"][-1]), "threads": threads,
               "optimizer_steps": int(bnn.optimizer.iterations.numpy()),
               "tensorflow": tf.__version__, "tf_keras": version("tf-keras"),
@@ -172,8 +204,11 @@ def tfp_bnn_side(data_dir, out_dir, epochs, batch_size, lr, num_samples, seed, t
 # The alternating run
 # ---------------------------------------------------------------------------------------------
 def _scores(probs, y):
+    from tfp_bnn import metrics  # the ECE of both sides by the same code
+
     p = np.clip(probs[np.arange(len(y)), y], 1e-12, None)
-    return {"accuracy": float(np.mean(probs.argmax(1) == y)), "nll": float(-np.mean(np.log(p)))}
+    return {"accuracy": float(np.mean(probs.argmax(1) == y)), "nll": float(-np.mean(np.log(p))),
+            "ece": metrics.expected_calibration_error(probs, y, num_bins=15)}
 
 
 def _side_command(side, peer_python, data_dir, out_dir, args, seed):
@@ -183,8 +218,81 @@ def _side_command(side, peer_python, data_dir, out_dir, args, seed):
     common = [str(c) for c in common]
     if side == "torch":
         return [peer_python, TORCH_SIDE, data_dir, out_dir, "--kl", args.kl] + common
+    if args.calibrate:
+        common += ["--calibrate", str(args.calibrate)]
     return [sys.executable, os.path.abspath(__file__), "--side", "tfp_bnn", data_dir,
             out_dir] + common
+
+
+def calibrated(args):
+    """tfp_bnn's side only, temperature-scaled (``--calibrate``), against the stored peer run.
+
+    Per repeat (seed + r, a fresh process each): train on the training split minus a stratified
+    ``args.calibrate`` carve, calibrate on the carve, score the test split before and after.
+    bayesian-torch is not rerun: its NLL and accuracy are read from ``args.reference`` (the
+    JSON a full run wrote; it trained on the whole training split).
+    """
+    with open(args.reference) as f:
+        reference = json.load(f)
+    runs = []
+    load_start = open("/proc/loadavg").read().split()[:3]
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = os.path.join(tmp, "data")
+        os.makedirs(data_dir)
+        y_test = save_digits(data_dir)
+        for r in range(args.repeats):
+            out_dir = os.path.join(tmp, f"tfp_bnn_{r}")
+            os.makedirs(out_dir)
+            proc = subprocess.run(_side_command("tfp_bnn", None, data_dir, out_dir, args,
+                                                args.seed + r),
+                                  capture_output=True, text=True,
+                                  env=_env(args.threads, omp_wait_policy=args.omp_wait_policy))
+            if proc.returncode != 0:
+                sys.exit(f"tfp_bnn side failed (repeat {r}):\n{proc.stderr[-3000:]}")
+            with open(os.path.join(out_dir, "tfp_bnn.json")) as f:
+                result = json.load(f)
+            result["uncalibrated"] = _scores(
+                np.load(os.path.join(out_dir, "tfp_bnn_seeded_probs.npy")), y_test)
+            result["calibrated"] = _scores(
+                np.load(os.path.join(out_dir, "tfp_bnn_cal_probs.npy")), y_test)
+            runs.append(result)
+            print(f"repeat {r}: T {result['temperature']:.3f}, nll "
+                  f"{result['uncalibrated']['nll']:.4f} -> {result['calibrated']['nll']:.4f}, "
+                  f"ece {result['uncalibrated']['ece']:.4f} -> {result['calibrated']['ece']:.4f}",
+                  file=sys.stderr)
+    summary = {kind: {key: statistics.median(r[kind][key] for r in runs)
+                      for key in ("accuracy", "nll", "ece")}
+               for kind in ("uncalibrated", "calibrated")}
+    summary["temperature"] = statistics.median(r["temperature"] for r in runs)
+    summary["torch"] = reference["summary"]["torch"]
+    config = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "num_samples",
+                                            "threads", "repeats", "seed", "calibrate",
+                                            "reference")}
+    config["load_average_start"] = load_start
+    config["load_average_end"] = open("/proc/loadavg").read().split()[:3]
+    return {"config": config, "summary": summary, "runs": runs}
+
+
+def calibrated_table(result):
+    s, c = result["summary"], result["config"]
+    torch = s["torch"]
+    lines = [f"digits 64-128-128-10 Flipout, {c['epochs']} epochs, S = {c['num_samples']}, "
+             f"tfp_bnn trained on {1 - c['calibrate']:.0%} of the training split and "
+             f"temperature-scaled on the other {c['calibrate']:.0%}; medians of "
+             f"{c['repeats']} repeats; bayesian-torch from {c['reference']}", "",
+             "| side | accuracy | NLL | ECE |", "|---|---:|---:|---:|",
+             f"| bayesian-torch (all of the training split) | {torch['accuracy']:.4f} | "
+             f"{torch['nll']:.4f} | " + (f"{torch['ece']:.4f}" if "ece" in torch else "—")
+             + " |"]
+    for kind, name in (("uncalibrated", "tfp_bnn"),
+                       ("calibrated", f"tfp_bnn +T (T = {s['temperature']:.3f})")):
+        r = s[kind]
+        lines.append(f"| {name} | {r['accuracy']:.4f} | {r['nll']:.4f} | {r['ece']:.4f} |")
+    cal = s["calibrated"]
+    lines += ["", f"calibrated NLL < bayesian-torch's ({torch['nll']:.4f}): "
+              + ("met" if cal["nll"] < torch["nll"] else "missed")
+              + f"; calibrated ECE <= 0.03: {'met' if cal['ece'] <= 0.03 else 'missed'}"]
+    return "\n".join(lines)
 
 
 def compare(args):
@@ -264,11 +372,20 @@ def main(argv=None):
                         default="PASSIVE", help="OMP_WAIT_POLICY of both sides ('default': unset)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 3 epochs, 1 repeat")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
+    parser.add_argument("--calibrate", type=float, default=None, metavar="FRACTION",
+                        help="tfp_bnn side only: train on the training split minus a "
+                             "stratified FRACTION carve, temperature-scale on the carve, and "
+                             "compare with the peer's scores in --reference (no torch run)")
+    parser.add_argument("--reference", default=os.path.join(
+        os.path.dirname(HERE), "benchmarks", "bayesian_torch.json"),
+        help="a full run's JSON, read by --calibrate")
     args = parser.parse_args(argv)
+    if args.calibrate is not None and not 0 < args.calibrate < 1:
+        parser.error(f"--calibrate must be a fraction in (0, 1). Received: {args.calibrate}")
     if args.side:
         tfp_bnn_side(*args.dirs, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                      num_samples=args.num_samples, seed=args.seed, threads=args.threads,
-                     predict_calls=args.predict_calls)
+                     predict_calls=args.predict_calls, val_fraction=args.calibrate)
         return 0
     if args.epochs is None:
         args.epochs = 3 if args.quick else 30
@@ -276,8 +393,12 @@ def main(argv=None):
         args.repeats = 1 if args.quick else 3
     if args.out and os.path.exists(args.out):
         sys.exit(f"--out {args.out!r} exists: remove it or choose another path")
-    result = compare(args)
-    print(table(result))
+    if args.calibrate:
+        result = calibrated(args)
+        print(calibrated_table(result))
+    else:
+        result = compare(args)
+        print(table(result))
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)
