@@ -37,9 +37,19 @@ included for the post-hoc methods) and predict milliseconds per 1,000 examples (
 Writes ``results.json``, ``table.md`` and ``reliability_grid.png`` (rows: datasets; columns:
 methods; test predictions pooled over seeds) to ``--out``.
 
+``--calibrate``: every method, the deterministic net included, is trained on the training split
+minus the validation carve, and a ``<method> +T`` row is added after each MC method:
+``tfp_bnn.calibrate(model, x_val, y_val, method="temperature")`` with the method's own S,
+fitted on the carve (which no method was fitted on; never the test split), then the same test
+metrics and the fitted T (``results.json``: ``calibrated_rows``). Tempered VI and Laplace
+"val_nll" then choose their value on a carve of the remaining 80 %. The probit Laplace rows have
+no +T row (the temperature scales the MC predictive). The targets add, per method, ECE(+T) <=
+ECE(deterministic +T) and <= ECE(deterministic).
+
 Usage:
     python scripts/compare_methods.py --seeds 3 --out runs/compare_methods
     python scripts/compare_methods.py --quick        # smoke run: 1 seed, few epochs
+    python scripts/compare_methods.py --calibrate --seeds 3 --out runs/compare_methods_cal
 """
 import argparse
 import dataclasses
@@ -217,13 +227,31 @@ def val_laplace(det, data, recipe, seed):
     return la, {"prior_precision": chosen}, time.perf_counter() - start
 
 
-def mc_predictor(model, num_samples, seed):
-    def run(x):
+class MCPredictor:
+    """``predictor(x) -> (probs, mi, entropy)`` by `tfp_bnn.predict`; keeps what it predicts
+    with, so that `calibrated` can hand the same model and S to `tfp_bnn.calibrate`."""
+
+    def __init__(self, model, num_samples, seed):
+        self.model, self.num_samples, self.seed = model, num_samples, seed
+
+    def __call__(self, x):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # a deterministic model's 0 variance
-            p = tfp_bnn.predict(model, x, num_samples=num_samples, seed=seed, verbose=0)
+            p = tfp_bnn.predict(self.model, x, num_samples=self.num_samples, seed=self.seed,
+                                verbose=0)
         return p.probabilities, p.mutual_information, p.predictive_entropy
-    return run
+
+    def calibrated(self, x_val, y_val):
+        """The predictor of ``tfp_bnn.calibrate(model, x_val, y_val, "temperature")``, same S."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            cal = tfp_bnn.calibrate(self.model, x_val, y_val, method="temperature",
+                                    num_samples=self.num_samples, seed=self.seed)
+        return MCPredictor(cal, self.num_samples, self.seed), cal.temperature
+
+
+def mc_predictor(model, num_samples, seed):
+    return MCPredictor(model, num_samples, seed)
 
 
 def probit_predictor(la):
@@ -337,12 +365,27 @@ def evaluate(predictor, data):
     return row, probs
 
 
-def run_dataset(name, recipe, seeds, methods):
+def run_dataset(name, recipe, seeds, methods, calibrate=False):
+    """Rows of every method per seed; with ``calibrate`` also the temperature-scaled rows.
+
+    With ``calibrate`` every method is trained on the training split minus the validation carve
+    (`Data.carve`, seed 2000 + seed) and each MC method's temperature is fitted by
+    ``tfp_bnn.calibrate(model, x_val, y_val, method="temperature")`` on that carve, which no
+    method has been fitted on; the methods that choose a hyper-parameter on a validation carve
+    (tempered VI, Laplace "val_nll") then carve it from the remaining 80 %. The probit Laplace
+    rows get no temperature: `tfp_bnn.calibrate` scales the MC predictive.
+
+    Returns (rows, pooled test predictions, chosen values, calibrated rows: {method: [row with
+    "temperature"]}).
+    """
     rows = {m: [] for m in methods}
     pooled = {m: ([], []) for m in methods}
-    chosen = {}
+    chosen, calibrated = {}, {}
     for seed in range(seeds):
         data = DATASETS[name](seed)
+        if calibrate:
+            x_fit, y_fit, x_val, y_val = data.carve(seed)
+            data = dataclasses.replace(data, x_train=x_fit, y_train=y_fit)
         trained, picked = train_all(data, recipe, seed, methods)
         for method, info in picked.items():
             chosen.setdefault(method, []).append(info)
@@ -355,8 +398,17 @@ def run_dataset(name, recipe, seeds, methods):
             pooled[method][1].append(data.y_test)
             print(f"{name} seed {seed} {method}: " + ", ".join(
                 f"{k}={v:.4f}" for k, v in row.items() if v is not None), flush=True)
+            if calibrate and isinstance(predictor, MCPredictor):
+                start = time.perf_counter()
+                scaled, temperature = predictor.calibrated(x_val, y_val)
+                cal_row, _ = evaluate(scaled, data)
+                cal_row.update(temperature=temperature, predict_ms_per_1000=None,
+                               train_s=seconds + time.perf_counter() - start)
+                calibrated.setdefault(method, []).append(cal_row)
+                print(f"{name} seed {seed} {method} +T: T={temperature:.3f}, "
+                      f"nll={cal_row['nll']:.4f}, ece={cal_row['ece']:.4f}", flush=True)
     return (rows, {m: (np.concatenate(p), np.concatenate(y)) for m, (p, y) in pooled.items()},
-            chosen)
+            chosen, calibrated)
 
 
 def chosen_lines(name, chosen):
@@ -381,10 +433,17 @@ def _cell(values, digits=3):
     return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
 
 
-def table(name, rows, ood_names, labels=None, first_column="Method"):
-    """A markdown table of mean ± std over seeds per method (row names from ``labels``)."""
+def table(name, rows, ood_names, labels=None, first_column="Method", calibrated=None):
+    """A markdown table of mean ± std over seeds per method (row names from ``labels``).
+
+    ``calibrated`` ({method: rows}) adds a ``<label> +T`` row after each of its methods and a
+    column of the fitted temperature.
+    """
     labels = LABELS if labels is None else labels
+    calibrated = calibrated or {}
     cols = [("Acc ↑", "accuracy"), ("NLL ↓", "nll"), ("ECE ↓", "ece")]
+    if calibrated:
+        cols.append(("T", "temperature"))
     for o in ood_names:
         label = {"digits_8_9": "8/9", "noise": "noise"}[o]
         cols += [(f"AUROC {label} MI ↑", f"auroc_{o}_mi"),
@@ -392,11 +451,16 @@ def table(name, rows, ood_names, labels=None, first_column="Method"):
     lines = [f"| {first_column} | " + " | ".join(c for c, _ in cols)
              + " | Train s | Predict ms/1k |",
              "|---" * (len(cols) + 3) + "|"]
+    named = []
     for method, r in rows.items():
-        cells = [_cell([x[k] for x in r]) for _, k in cols]
+        named.append((labels[method], r))
+        if method in calibrated:
+            named.append((f"{labels[method]} +T", calibrated[method]))
+    for label, r in named:
+        cells = [_cell([x.get(k) for x in r]) for _, k in cols]
         cells += [_cell([x["train_s"] for x in r], 1),
                   _cell([x["predict_ms_per_1000"] for x in r], 1)]
-        lines.append(f"| {labels[method]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return f"**{name}**\n\n" + "\n".join(lines)
 
 
@@ -421,6 +485,24 @@ def targets(name, rows, ood_names):
             lines.append(f"- {name} {o}: {LABELS[m]} AUROC (MI {mean[m][f'auroc_{o}_mi']:.3f}, "
                          f"H {mean[m][key]:.3f}) > deterministic (H {det[key]:.3f}): "
                          + ("yes" if best > det[key] else "no"))
+    return lines
+
+
+def calibrated_targets(name, rows, calibrated):
+    """ECE(method +T) against the deterministic net's ECE, temperature-scaled and not (seed
+    means)."""
+    if "deterministic" not in calibrated:
+        return []
+    ece = {m: np.mean([x["ece"] for x in r]) for m, r in calibrated.items()}
+    det, det_t = np.mean([x["ece"] for x in rows["deterministic"]]), ece["deterministic"]
+    lines = []
+    for m in calibrated:
+        if m == "deterministic":
+            continue
+        # Four digits: at three, 0.010 <= 0.010 could read "missed".
+        lines.append(f"- {name}: {LABELS[m]} +T ECE {ece[m]:.4f} <= deterministic +T "
+                     f"({det_t:.4f}): {'met' if ece[m] <= det_t else 'missed'}; <= "
+                     f"deterministic ({det:.4f}): {'met' if ece[m] <= det else 'missed'}")
     return lines
 
 
@@ -462,6 +544,9 @@ def main(argv=None):
     parser.add_argument("--png", default=None,
                         help="reliability grid path (default: <out>/reliability_grid.png)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, few epochs")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="train on the training split minus the validation carve and add "
+                             "the temperature-scaled rows (T fitted on the carve)")
     args = parser.parse_args(argv)
     methods = [m for m in METHODS if m in args.methods]
     if "deterministic" not in methods:
@@ -473,11 +558,14 @@ def main(argv=None):
     start = time.perf_counter()
     for name in args.datasets:
         recipe = RECIPES[name].quick() if args.quick else RECIPES[name]
-        rows, pooled[name], chosen = run_dataset(name, recipe, seeds, methods)
+        rows, pooled[name], chosen, calibrated = run_dataset(name, recipe, seeds, methods,
+                                                             args.calibrate)
         results[name] = {"recipe": dataclasses.asdict(recipe), "rows": rows, "chosen": chosen}
+        if args.calibrate:
+            results[name]["calibrated_rows"] = calibrated
         ood_names = list(DATASETS[name](0).ood)
-        sections.append(table(name, rows, ood_names))
-        checks += targets(name, rows, ood_names)
+        sections.append(table(name, rows, ood_names, calibrated=calibrated))
+        checks += targets(name, rows, ood_names) + calibrated_targets(name, rows, calibrated)
         picks += chosen_lines(name, chosen)
     results["total_s"] = time.perf_counter() - start
     text = "\n\n".join(sections) + "\n\nTargets (seed means):\n\n" + "\n".join(checks) + "\n"
