@@ -45,6 +45,7 @@ bayesian-torch's scores read from ``--reference`` (a full run's JSON; it trained
 training split, so the calibrated side is handicapped by the carve, not helped).
 """
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -224,6 +225,15 @@ def _side_command(side, peer_python, data_dir, out_dir, args, seed):
             out_dir] + common
 
 
+@contextlib.contextmanager
+def _digits_dir():
+    """A temporary folder holding the saved digits split: (folder, data folder, y_test)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = os.path.join(tmp, "data")
+        os.makedirs(data_dir)
+        yield tmp, data_dir, save_digits(data_dir)
+
+
 def calibrated(args):
     """tfp_bnn's side only, temperature-scaled (``--calibrate``), against the stored peer run.
 
@@ -236,10 +246,7 @@ def calibrated(args):
         reference = json.load(f)
     runs = []
     load_start = open("/proc/loadavg").read().split()[:3]
-    with tempfile.TemporaryDirectory() as tmp:
-        data_dir = os.path.join(tmp, "data")
-        os.makedirs(data_dir)
-        y_test = save_digits(data_dir)
+    with _digits_dir() as (tmp, data_dir, y_test):
         for r in range(args.repeats):
             out_dir = os.path.join(tmp, f"tfp_bnn_{r}")
             os.makedirs(out_dir)
@@ -265,11 +272,8 @@ def calibrated(args):
                for kind in ("uncalibrated", "calibrated")}
     summary["temperature"] = statistics.median(r["temperature"] for r in runs)
     summary["torch"] = reference["summary"]["torch"]
-    config = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "num_samples",
-                                            "threads", "repeats", "seed", "calibrate",
-                                            "reference")}
-    config["load_average_start"] = load_start
-    config["load_average_end"] = open("/proc/loadavg").read().split()[:3]
+    config = _config(args, ("epochs", "batch_size", "lr", "num_samples", "threads", "repeats",
+                            "seed", "calibrate", "reference"), load_start)
     return {"config": config, "summary": summary, "runs": runs}
 
 
@@ -299,10 +303,7 @@ def compare(args):
     peer_python = ensure_venv(args.venv)
     runs = {"tfp_bnn": [], "torch": []}
     load_start = open("/proc/loadavg").read().split()[:3]
-    with tempfile.TemporaryDirectory() as tmp:
-        data_dir = os.path.join(tmp, "data")
-        os.makedirs(data_dir)
-        y_test = save_digits(data_dir)
+    with _digits_dir() as (tmp, data_dir, y_test):
         for r in range(args.repeats):
             for side in ("tfp_bnn", "torch"):
                 out_dir = os.path.join(tmp, f"{side}_{r}")
@@ -327,12 +328,17 @@ def compare(args):
                for side, rs in runs.items()}
     summary["ratio"] = {key: summary["tfp_bnn"][key] / summary["torch"][key]
                         for key in ("train_seconds", "predict_median_seconds")}
-    config = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "num_samples",
-                                            "threads", "repeats", "predict_calls", "seed", "kl",
-                                            "omp_wait_policy")}
+    config = _config(args, ("epochs", "batch_size", "lr", "num_samples", "threads", "repeats",
+                            "predict_calls", "seed", "kl", "omp_wait_policy"), load_start)
+    return {"config": config, "summary": summary, "runs": runs}
+
+
+def _config(args, keys, load_start):
+    """The run's settings and the load averages at its start and end (for the JSON)."""
+    config = {k: getattr(args, k) for k in keys}
     config["load_average_start"] = load_start
     config["load_average_end"] = open("/proc/loadavg").read().split()[:3]
-    return {"config": config, "summary": summary, "runs": runs}
+    return config
 
 
 def table(result):
