@@ -73,11 +73,10 @@ def test_einsum_mean_is_keras_and_sample_copy_s_uses_draw_s(j):
     with sampling.mc_sampling(s, seed=seed):
         y = bayes(np.concatenate([x] * s)).numpy().reshape((s,) + tuple(keras_layer(x).shape))
     draws = []
-    for index, (name, q, _) in enumerate(bayes.weight_posteriors(), start=1):
+    for index, (_, q, _) in enumerate(bayes.weight_posteriors(), start=1):
         loc, scale = q.distribution.loc, q.distribution.scale
-        eps = sampling.Context(s, seed).normal(
-            [s] + loc.shape.as_list(), tf.float32, index,
-            sampling.large_draw(loc.shape.num_elements()) if name != "bias" else False)
+        eps = sampling.standard_normal([s] + loc.shape.as_list(), tf.float32,
+                                       tf.random.experimental.stateless_fold_in(seed, index))
         draws.append((loc + scale * eps).numpy())
     for k in range(s):
         keras_layer.set_weights([d[k] for d in draws])

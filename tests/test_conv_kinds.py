@@ -118,9 +118,8 @@ def test_sample_mode_copy_s_is_the_keras_layer_with_draw_s(i):
     draws = []
     for index, (name, q, _) in enumerate(bayes.weight_posteriors(), start=1):
         loc, scale = q.distribution.loc, q.distribution.scale
-        eps = sampling.Context(num_samples, seed).normal(
-            [num_samples] + loc.shape.as_list(), tf.float32, index,
-            sampling.large_draw(loc.shape.num_elements()) if name != "bias" else False)
+        eps = sampling.standard_normal([num_samples] + loc.shape.as_list(), tf.float32,
+                                       tf.random.experimental.stateless_fold_in(seed, index))
         draws.append((loc + scale * eps).numpy())
     assert not np.allclose(y[0], y[1])
     for s in range(num_samples):

@@ -141,7 +141,7 @@ def test_fresh_process_runs_every_signature_both_ways(bnn, fresh):
 def test_graph_holds_only_registered_core_ops(fresh):
     assert fresh["unregistered"] == []
     assert not {"PyFunc", "PyFuncStateless", "EagerPyFunc"} & set(fresh["ops"])
-    assert {"RandomStandardNormal", "BatchMatMulV2", "MatMul"} <= set(fresh["ops"])
+    assert {"RandomUniform", "RandomStandardNormal", "BatchMatMulV2", "MatMul"} <= set(fresh["ops"])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -79,26 +79,24 @@ def test_depthwise_rows_have_the_exact_moments():
 
 
 def test_one_normal_per_weight_and_seeded_reproducible():
-    layer = layers.Conv2DReparameterization(16, 3)
-    x = tf.ones([2, 6, 6, 8])
+    layer = layers.Conv2DReparameterization(4, 3)
+    x = tf.ones([2, 6, 6, 3])
     layer(x)
-    kernel = 3 * 3 * 8 * 16  # >= BOX_MULLER_MIN: drawn from uniforms by Box-Muller
-    assert sampling.large_draw(kernel)
     seed = tf.constant([3, 4], tf.int64)
-
-    def uniform_sizes(batch):
-        graph = tf.function(lambda: sampling.sample_outputs(
-            layer, tf.ones([batch, 6, 6, 8]), 10, seed=seed,
-            noise="shared")).get_concrete_function().graph
-        return [int(np.prod(op.outputs[0].shape)) for op in graph.get_operations()
-                if op.type == "StatelessRandomUniformV2" and op.outputs[0].dtype == tf.float32]
-
-    assert uniform_sizes(2) == [kernel]  # one draw of the kernel's normals, not 10x
     run = tf.function(lambda: sampling.sample_outputs(layer, x, 10, seed=seed, noise="shared"))
+    graph = run.get_concrete_function().graph
+    sizes = [int(np.prod(op.outputs[0].shape)) for op in graph.get_operations()
+             if op.type == "StatelessRandomUniformV2" and op.outputs[0].dtype == tf.float32]
+    assert sizes == [2 * (3 * 3 * 3 * 4 // 2)]  # one draw of the kernel's 108 normals, not 10x
     np.testing.assert_array_equal(run(), run())
-    # Beyond SHARED_MAX_ROWS rows per copy two convolutions over all S*B rows cost more than
-    # the exact draws: the exact path, S x the kernel's normals.
-    assert uniform_sizes(sampling.SHARED_MAX_ROWS + 1) == [10 * kernel]
+    # Beyond FOLD_MAX_ROWS rows per copy two convolutions over all S*B rows cost more than the
+    # exact draws: the exact path, S x 108 normals.
+    big = tf.ones([17, 6, 6, 3])
+    graph = tf.function(lambda: sampling.sample_outputs(
+        layer, big, 10, seed=seed, noise="shared")).get_concrete_function().graph
+    sizes = [int(np.prod(op.outputs[0].shape)) for op in graph.get_operations()
+             if op.type == "StatelessRandomUniformV2" and op.outputs[0].dtype == tf.float32]
+    assert sizes == [10 * 3 * 3 * 3 * 4]
 
 
 def test_export_with_shared_noise_serves_and_says_so(tmp_path):

@@ -255,12 +255,11 @@ class KernelLayer(BayesianLayer):
         for name in self._names():
             loc = self._loc(name)
             kernels[name] = loc + self._scale(name, ctx) * ctx.normal(
-                tf.concat([[s], tf.shape(loc)], 0), x.dtype,
-                large=sampling.large_draw(loc.shape.num_elements()))
+                tf.concat([[s], tf.shape(loc)], 0), x.dtype)
         bias = self._loc("bias") if self._uses_bias() else None
         if self._has_bias_noise():
             bias = bias + self._scale("bias", ctx) * ctx.normal(
-                tf.concat([[s], tf.shape(bias)], 0), x.dtype, large=False)
+                tf.concat([[s], tf.shape(bias)], 0), x.dtype)
         out = self._sample_op(xs, kernels, bias, ctx.rows)
         out_shape = tf.shape(out)
         return tf.reshape(out, tf.concat([[out_shape[0] * out_shape[1]], out_shape[2:]], 0))
@@ -269,13 +268,12 @@ class KernelLayer(BayesianLayer):
         """`Noise.SHARED`: one perturbation of every kernel, Flipout signs per row."""
         s = ctx.num_samples
         locs = {n: self._loc(n) for n in self._names()}
-        deltas = {n: self._scale(n, ctx) * ctx.normal(
-            tf.shape(loc), x.dtype, large=sampling.large_draw(loc.shape.num_elements()))
-            for n, loc in locs.items()}
+        deltas = {n: self._scale(n, ctx) * ctx.normal(tf.shape(loc), x.dtype)
+                  for n, loc in locs.items()}
         out = stacking.shared_stages(x, ctx, self._stages(), locs, deltas, self._sign_shape)
         if self._has_bias_noise():
             bias = self._loc("bias") + self._scale("bias", ctx) * ctx.normal(
-                tf.concat([[s], tf.shape(self._loc("bias"))], 0), x.dtype, large=False)
+                tf.concat([[s], tf.shape(self._loc("bias"))], 0), x.dtype)
             return self._finish(stacking.add_per_copy(out, bias, s, self._channel_axis()), None)
         return self._finish(out, self._loc("bias") if self._uses_bias() else None)
 

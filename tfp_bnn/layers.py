@@ -167,7 +167,7 @@ class _TFPLayer(BayesianLayer):
     def _bias_draws(self, ctx, num_samples, dtype, index=None):
         """[S, units] draws of a Bayesian bias."""
         loc = self._loc("bias")
-        eps = ctx.normal(tf.stack([num_samples, loc.shape[0]]), dtype, index, large=False)
+        eps = ctx.normal(tf.stack([num_samples, loc.shape[0]]), dtype, index)
         return loc + self._scale("bias", ctx) * eps
 
 
@@ -322,8 +322,7 @@ class _ConvMixin(_TFPLayer):
         s = ctx.num_samples
         loc = self._loc("kernel")
         if ctx.noise is options.Noise.SHARED and sampling.shared_pays(x, ctx):
-            delta = self._scale("kernel", ctx) * ctx.normal(
-                tf.shape(loc), x.dtype, large=sampling.large_draw(loc.shape.num_elements()))
+            delta = self._scale("kernel", ctx) * ctx.normal(tf.shape(loc), x.dtype)
             axis = 1 if self.data_format == "channels_first" else -1
             out = stacking.shared_stages(x, ctx, [("kernel", self._op)], {"kernel": loc},
                                          {"kernel": delta},
@@ -336,8 +335,7 @@ class _ConvMixin(_TFPLayer):
         shape = tf.shape(x)
         xs = tf.reshape(x, tf.concat([[s, shape[0] // s], shape[1:]], 0))
         kernels = loc + self._scale("kernel", ctx) * ctx.normal(
-            tf.concat([[s], tf.shape(loc)], 0), x.dtype,
-            large=sampling.large_draw(loc.shape.num_elements()))
+            tf.concat([[s], tf.shape(loc)], 0), x.dtype)
         if self._has_bias_noise():
             bias = self._bias_draws(ctx, s, x.dtype)  # [S, filters]
         else:

@@ -49,7 +49,7 @@ from tfp_bnn.options import Mode, Noise
 __all__ = ["Mode", "Noise", "Context", "StochasticLayer", "Gaussian", "mc_sampling", "current",
            "stochastic_layers", "is_stochastic", "output_space_threshold", "gaussian_matmul",
            "sample_outputs", "mean_outputs", "standard_normal", "shared_pays", "shared_matmul",
-           "SHARED_MAX_ROWS", "BOX_MULLER_MIN", "large_draw", "FRESH"]
+           "SHARED_MAX_ROWS", "FRESH"]
 
 _STATE = threading.local()
 
@@ -126,16 +126,6 @@ class Context:
 
 
 _SIGN_STREAM = 7919  # folded into a draw's seed for its signs
-
-# Numbers per sample from which a weight draw takes Box-Muller (`standard_normal`): its dozen
-# ops cost graph size, and below ~1k numbers per sample TF's normal op is as fast.
-BOX_MULLER_MIN = 1024
-
-
-def large_draw(per_sample):
-    """The ``large`` argument of `Context.normal` for a draw of ``per_sample`` numbers per
-    sample (a static count)."""
-    return per_sample >= BOX_MULLER_MIN
 
 
 def standard_normal(shape, dtype, seed):
@@ -390,15 +380,14 @@ def _weight_space(x, ctx, kernel, bias, index):
     s = ctx.num_samples
     in_dim, out_dim = kernel.loc.shape
     w = kernel.loc + kernel.scale() * ctx.normal(tf.stack([s, in_dim, out_dim]), x.dtype,
-                                                  index[1], large_draw(in_dim * out_dim))
+                                                  index[1])
     if kernel.shift is not None:
         w += kernel.shift
     out = tf.matmul(tf.reshape(x, tf.stack([s, -1, in_dim])), w)  # [S, M, out]
     if isinstance(bias, Gaussian):
         b = bias.loc
         if bias.scale is not None:
-            b = b + bias.scale() * ctx.normal(tf.stack([s, out_dim]), x.dtype, index[2],
-                                              large=False)
+            b = b + bias.scale() * ctx.normal(tf.stack([s, out_dim]), x.dtype, index[2])
         if bias.shift is not None:
             b = b + bias.shift
         out += b[:, tf.newaxis, :] if b.shape.rank == 2 else b
@@ -442,8 +431,7 @@ def shared_matmul(x, ctx, kernel, bias, index):
     but one E. Costs in*out normals instead of S*in*out. A Bayesian bias keeps S exact draws.
     """
     in_dim, out_dim = kernel.loc.shape
-    delta = kernel.scale() * ctx.normal([in_dim, out_dim], x.dtype, index[1],
-                                        large_draw(in_dim * out_dim))
+    delta = kernel.scale() * ctx.normal([in_dim, out_dim], x.dtype, index[1])
     sign_shape = tf.concat([tf.shape(x)[:1], [1] * (x.shape.rank - 2), [in_dim + out_dim]], 0)
     signs_in, signs_out = tf.split(ctx.rademacher(sign_shape, x.dtype, index[1]),
                                    [in_dim, out_dim], axis=-1)
@@ -452,8 +440,7 @@ def shared_matmul(x, ctx, kernel, bias, index):
         s = ctx.num_samples
         b = bias.loc
         if bias.scale is not None:
-            b = b + bias.scale() * ctx.normal(tf.stack([s, out_dim]), x.dtype, index[2],
-                                              large=False)
+            b = b + bias.scale() * ctx.normal(tf.stack([s, out_dim]), x.dtype, index[2])
             shape = tf.shape(out)
             out = tf.reshape(tf.reshape(out, tf.stack([s, -1, out_dim])) + b[:, tf.newaxis, :],
                              shape)
