@@ -155,6 +155,10 @@ def standard_normal(shape, dtype, seed):
     size = tf.reduce_prod(tf.cast(shape, tf.int32)) if not isinstance(shape, (list, tuple)) \
         else math.prod(shape) if all(isinstance(d, int) for d in shape) \
         else tf.reduce_prod(tf.stack(shape))
+    # A static even factor (a kernel's [S, in, out] with in * out even) makes the size even: no
+    # slice of the last number, the same numbers with fewer ops in a served graph.
+    even = isinstance(shape, (list, tuple)) and any(isinstance(d, int) and d % 2 == 0
+                                                    for d in shape)
     half = (size + 1) // 2
     if isinstance(seed, tuple):
         u = tf.raw_ops.RandomUniform(shape=tf.stack([2, half]), dtype=draw, seed=seed[0] or 0,
@@ -168,7 +172,7 @@ def standard_normal(shape, dtype, seed):
     # sin(t) = cos(t - pi/2): both halves from one Cos over [2, n/2] angles, no ConcatV2 copy.
     phases = tf.constant([[0.0], [math.pi / 2]], draw)
     z = tf.reshape(radius * tf.cos((2.0 * math.pi) * u2 - phases), [-1])
-    if isinstance(size, int) and size % 2 == 0:
+    if even or isinstance(size, int) and size % 2 == 0:
         z = tf.reshape(z, shape)
     else:
         z = tf.reshape(z[:size], shape)
@@ -379,8 +383,7 @@ def _weight_space(x, ctx, kernel, bias, index):
         return shared_matmul(x, ctx, kernel, bias, index)
     s = ctx.num_samples
     in_dim, out_dim = kernel.loc.shape
-    w = kernel.loc + kernel.scale() * ctx.normal(tf.stack([s, in_dim, out_dim]), x.dtype,
-                                                  index[1])
+    w = kernel.loc + kernel.scale() * ctx.normal([s, in_dim, out_dim], x.dtype, index[1])
     if kernel.shift is not None:
         w += kernel.shift
     out = tf.matmul(tf.reshape(x, tf.stack([s, -1, in_dim])), w)  # [S, M, out]
