@@ -48,8 +48,8 @@ from tfp_bnn.options import Mode, Noise
 
 __all__ = ["Mode", "Noise", "Context", "StochasticLayer", "Gaussian", "mc_sampling", "current",
            "stochastic_layers", "is_stochastic", "output_space_threshold", "gaussian_matmul",
-           "sample_outputs", "mean_outputs", "standard_normal", "shared_pays", "shared_matmul",
-           "SHARED_MAX_ROWS", "FRESH"]
+           "sample_outputs", "mean_outputs", "standard_normal", "few_rows", "shared_pays",
+           "shared_matmul", "SHARED_MAX_ROWS", "FRESH"]
 
 _STATE = threading.local()
 
@@ -418,9 +418,16 @@ def shared_pays(x, ctx):
     """
     s = ctx.num_samples if isinstance(ctx.num_samples, int) else tf.get_static_value(
         ctx.num_samples)
-    if x.shape[0] is not None and s is not None:
-        return x.shape[0] // s <= SHARED_MAX_ROWS
-    return ctx.rows[1] is not None and ctx.rows[1] - 1 <= SHARED_MAX_ROWS
+    per_copy = x.shape[0] // s if x.shape[0] is not None and s is not None else None
+    return few_rows(per_copy, ctx.rows, SHARED_MAX_ROWS)
+
+
+def few_rows(per_copy, rows, bound):
+    """Whether B <= ``bound`` rows per copy is known at trace time: from the static rows per
+    copy ``per_copy`` (None: unknown), else from the regime bounds ``rows`` (lo <= B < hi)."""
+    if per_copy is not None:
+        return per_copy <= bound
+    return rows[1] is not None and rows[1] - 1 <= bound
 
 
 def shared_matmul(x, ctx, kernel, bias, index):

@@ -48,6 +48,7 @@ Example:
 """
 import math
 
+from tfp_bnn import sampling
 from tfp_bnn._keras import tf
 
 __all__ = ["sample_stages", "flipout_stages", "shared_stages",
@@ -96,10 +97,7 @@ def rows_threshold(fold_axes, channels_last):
 
 def _few_rows(xs, rows):
     """Whether B <= `FOLD_MAX_ROWS` is known at trace time."""
-    batch = xs.shape[1]
-    if batch is not None:
-        return batch <= FOLD_MAX_ROWS
-    return rows[1] is not None and rows[1] - 1 <= FOLD_MAX_ROWS
+    return sampling.few_rows(xs.shape[1], rows, FOLD_MAX_ROWS)
 
 
 def _small(xs, kernels):
