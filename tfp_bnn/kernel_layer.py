@@ -274,7 +274,7 @@ class KernelLayer(BayesianLayer):
         if self._has_bias_noise():
             bias = self._loc("bias") + self._scale("bias", ctx) * ctx.normal(
                 tf.concat([[s], tf.shape(self._loc("bias"))], 0), x.dtype)
-            return self._finish(stacking.add_per_copy(out, bias, s, self._channel_axis()), None)
+            return self._finish(sampling.add_per_copy(out, bias, s, self._channel_axis()), None)
         return self._finish(out, self._loc("bias") if self._uses_bias() else None)
 
     def _sample_op(self, xs, kernels, bias, rows=(None, None)):

@@ -328,7 +328,7 @@ class _ConvMixin(_TFPLayer):
                                          {"kernel": delta},
                                          lambda t, side: stacking.channel_sign_shape(t, axis))
             if self._has_bias_noise():
-                out = stacking.add_per_copy(out, self._bias_draws(ctx, s, x.dtype), s, axis)
+                out = sampling.add_per_copy(out, self._bias_draws(ctx, s, x.dtype), s, axis)
             elif self.bias_posterior is not None:
                 out = self._add_bias(out, self._loc("bias"))
             return self._activate(out)

@@ -49,7 +49,7 @@ from tfp_bnn.options import Mode, Noise
 __all__ = ["Mode", "Noise", "Context", "StochasticLayer", "Gaussian", "mc_sampling", "current",
            "stochastic_layers", "is_stochastic", "output_space_threshold", "gaussian_matmul",
            "sample_outputs", "mean_outputs", "standard_normal", "few_rows", "shared_pays",
-           "shared_matmul", "SHARED_MAX_ROWS", "FRESH"]
+           "shared_matmul", "add_per_copy", "SHARED_MAX_ROWS", "FRESH"]
 
 _STATE = threading.local()
 
@@ -96,33 +96,34 @@ class Context:
         ``large``: by Box-Muller (`standard_normal`), which pays for its larger graph on draws
         of thousands of numbers (weights); False: TF's normal op (a few numbers per row).
         """
-        if index is None:
-            index = self.next_index()
-        if self.seed is None or isinstance(self.seed, str):
-            # FRESH: op seeds 0, 0, which TF replaces by a random seed per kernel instance.
-            seed = (0, 0) if self.seed == FRESH else tf.compat.v1.get_seed(None)
-        else:
-            seed = tf.random.experimental.stateless_fold_in(self.seed, index)
+        seed = self._seed(self.next_index() if index is None else index)
         if large:
             return standard_normal(shape, dtype, seed)
         if isinstance(seed, tuple):
-            return tf.raw_ops.RandomStandardNormal(shape=shape, dtype=dtype, seed=seed[0] or 0,
-                                                   seed2=seed[1] or 0)
+            return tf.raw_ops.RandomStandardNormal(shape=shape, dtype=dtype, seed=seed[0],
+                                                   seed2=seed[1])
         return tf.random.stateless_normal(shape, seed=seed, dtype=dtype)
-
 
     def rademacher(self, shape, dtype, index):
         """Random signs +-1 from the stream of draw ``index`` (a stream apart from its normals)."""
-        if self.seed is None or isinstance(self.seed, str):
-            seed, seed2 = (0, 0) if self.seed == FRESH else tf.compat.v1.get_seed(None)
+        seed = self._seed(index, _SIGN_STREAM)
+        if isinstance(seed, tuple):
             bits = tf.raw_ops.RandomUniformInt(shape=shape, minval=tf.constant(0),
-                                               maxval=tf.constant(2), seed=seed or 0,
-                                               seed2=(seed2 or 0) + _SIGN_STREAM)
+                                               maxval=tf.constant(2), seed=seed[0],
+                                               seed2=seed[1])
         else:
-            seed = tf.random.experimental.stateless_fold_in(
-                tf.random.experimental.stateless_fold_in(self.seed, index), _SIGN_STREAM)
             bits = tf.random.stateless_uniform(shape, seed, minval=0, maxval=2, dtype=tf.int32)
         return tf.cast(2 * bits - 1, dtype)
+
+    def _seed(self, index, stream=0):
+        """The seed of draw ``index``: op seeds ``(seed, seed2)`` without a context seed
+        (FRESH: 0, 0, which TF replaces by a random seed per kernel instance), else the
+        context's seed folded with ``index`` (and ``stream``, when not 0) for stateless ops."""
+        if self.seed is None or isinstance(self.seed, str):
+            seed, seed2 = (0, 0) if self.seed == FRESH else tf.compat.v1.get_seed(None)
+            return seed or 0, (seed2 or 0) + stream
+        seed = tf.random.experimental.stateless_fold_in(self.seed, index)
+        return tf.random.experimental.stateless_fold_in(seed, stream) if stream else seed
 
 
 _SIGN_STREAM = 7919  # folded into a draw's seed for its signs
@@ -233,6 +234,11 @@ class StochasticLayer:
         """Rows per sample B at which this layer's sampling code path switches, or None."""
         return None
 
+    # Every branch below is Python-level (the context, the mode, static shapes) and the
+    # data-dependent choices are explicit tf.conds, so AutoGraph has nothing to convert; skipping
+    # it makes each symbolic call (bayesify's rebuild, every trace of fit/predict/export)
+    # several times cheaper.
+    @tf.autograph.experimental.do_not_convert
     def call(self, inputs, *args, **kwargs):
         ctx = current()
         if ctx is None:
@@ -305,11 +311,20 @@ class Gaussian:
         self.variance = variance or (lambda: tf.square(scale()))
 
 
-def _per_sample(y, num_samples, add):
-    """``y`` [S*M, out] plus ``add`` [S, out] (one row per sample), back as [S*M, out]."""
-    out = y.shape[-1]
-    return tf.reshape(tf.reshape(y, tf.stack([num_samples, -1, out])) + add[:, tf.newaxis, :],
-                      [-1, out])
+def add_per_copy(out, bias, num_samples, channel_axis=-1):
+    """``out`` [S*B, ...] plus ``bias`` [S, *bias shape] (row block s gets bias s): the bias on
+    the trailing axes (channels last, Dense, EinsumDense) or on ``channel_axis``."""
+    rank = out.shape.rank
+    # Static inner dims where known: a served graph gets no Shape/Concat ops for them.
+    inner = [d if d is not None else tf.shape(out)[i + 1] for i, d in enumerate(out.shape[1:])]
+    blocks = tf.reshape(out, tf.stack([num_samples, -1] + inner))
+    dims = bias.shape[1:].as_list()
+    if channel_axis % rank == rank - 1:
+        lined = [-1] + [1] * (rank - len(dims)) + dims
+    else:
+        lined = [-1] + [1] * rank
+        lined[channel_axis % rank + 1] = dims[0]
+    return tf.reshape(blocks + tf.reshape(bias, lined), tf.stack([-1] + inner))
 
 
 def gaussian_matmul(x, ctx, kernel, bias=None):
@@ -372,7 +387,7 @@ def _output_space(x, ctx, kernel, bias, index):
     if isinstance(bias, Gaussian):
         out = tf.nn.bias_add(out, bias.loc)
         if bias.shift is not None:
-            out = _per_sample(out, s, bias.shift)
+            out = add_per_copy(out, bias.shift, s)
     elif bias is not None:
         out = tf.nn.bias_add(out, bias)
     return out
@@ -451,9 +466,7 @@ def shared_matmul(x, ctx, kernel, bias, index):
         b = bias.loc
         if bias.scale is not None:
             b = b + bias.scale() * ctx.normal(tf.stack([s, out_dim]), x.dtype, index[2])
-            shape = tf.shape(out)
-            out = tf.reshape(tf.reshape(out, tf.stack([s, -1, out_dim])) + b[:, tf.newaxis, :],
-                             shape)
+            out = add_per_copy(out, b, s)
         else:
             out = tf.nn.bias_add(out, b)
     elif bias is not None:

@@ -52,7 +52,7 @@ from tfp_bnn import sampling
 from tfp_bnn._keras import tf
 
 __all__ = ["sample_stages", "flipout_stages", "shared_stages",
-           "channel_sign_shape", "add_per_copy", "FOLD_MAX_MACS", "FOLD_MAX_ROWS",
+           "channel_sign_shape", "FOLD_MAX_MACS", "FOLD_MAX_ROWS",
            "rows_threshold"]
 
 # Per example and draw; above it the S separate convolutions of the map_fn are cheaper (their
@@ -199,18 +199,3 @@ def channel_sign_shape(t, channel_axis=-1):
     shape = [tf.shape(t)[0]] + [1] * (t.shape.rank - 1)
     shape[axis] = t.shape[axis] if t.shape[axis] is not None else tf.shape(t)[axis]
     return tf.stack(shape)
-
-
-def add_per_copy(out, bias, num_samples, channel_axis=-1):
-    """``out`` [S*B, ...] plus ``bias`` [S, *bias shape] (row block s gets bias s): the bias on
-    the trailing axes (channels last, EinsumDense) or on ``channel_axis``."""
-    rank = out.shape.rank
-    shape = tf.shape(out)
-    blocks = tf.reshape(out, tf.concat([[num_samples, shape[0] // num_samples], shape[1:]], 0))
-    dims = bias.shape[1:].as_list()
-    if channel_axis % rank == rank - 1:
-        lined = [-1] + [1] * (rank - len(dims)) + dims
-    else:
-        lined = [-1] + [1] * rank
-        lined[channel_axis % rank + 1] = dims[0]
-    return tf.reshape(blocks + tf.reshape(bias, lined), shape)
