@@ -1,5 +1,6 @@
-"""`tfp-bnn train --calibrate` and `tfp-bnn predict --alpha` (in-process) on generated tables; the
-saved post-hoc values rebuild the fitted calibration and conformal predictor exactly."""
+"""`tfp-bnn train --calibrate`, `tfp-bnn predict --alpha` and `tfp-bnn export` (in-process) on
+generated tables; the saved post-hoc values rebuild the fitted calibration and conformal predictor
+exactly, and the export serves them."""
 import csv
 import json
 import shutil
@@ -10,7 +11,7 @@ import pytest
 import tfp_bnn
 from cli_helpers import main_exit
 from tfp_bnn import cli, data, results, train
-from tfp_bnn._keras import tf_keras
+from tfp_bnn._keras import tf, tf_keras
 from tfp_bnn.calibration import Calibrated, temperature_scale
 from tfp_bnn.conformal import Conformal, conformal_quantile
 from tfp_bnn.heads import GaussianHead
@@ -162,6 +163,83 @@ def test_predict_alpha_writes_intervals_in_the_target_units(runs, tmp_path, caps
     coverage = np.mean((lower <= y) & (y <= upper))
     assert f"90% intervals: coverage {coverage:.3f}" in stdout, stdout
     print(f"coverage of the 90 % intervals on the 150 training-CSV rows: {coverage:.3f}")
+
+
+def _served(path, x, signature="serving_default", **extra):
+    fn = tf.saved_model.load(str(path)).signatures[signature]
+    (name,) = set(fn.structured_input_signature[1]) - set(extra)
+    return {k: v.numpy() for k, v in fn(**{name: tf.constant(x, tf.float32)}, **extra).items()}
+
+
+def test_export_serves_the_calibrated_probabilities_and_sets_of_predict(runs, tmp_path,
+                                                                        capsys):
+    # The served graph draws fresh noise per process (no seed input: replicas must not replay
+    # one stream), so served and predicted means agree to Monte Carlo error only: with S =
+    # 2000 draws each, 5e-4 here, where the temperature moves them by 0.03.
+    folder, s = runs / "cls", "2000"
+    assert cli.main(["export", str(folder), str(tmp_path / "exp"), "--num-samples", s]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == str(tmp_path / "exp" / "1")
+    assert lines[-2].startswith("post-hoc from posthoc.json: Calibrated(") and \
+        "'temperature'" in lines[-2] and "Conformal(score='aps', alpha=0.1, n=24" in lines[-2] \
+        and "deterministic prediction_set" in lines[-2], lines
+    assert cli.main(["export", str(folder), str(tmp_path / "exp"), "--num-samples", s,
+                     "--no-posthoc"]) == 0
+    assert "post-hoc: none (--no-posthoc" in capsys.readouterr().out
+    assert cli.main(["predict", str(folder), str(runs / "cls.csv"), "--out",
+                     str(tmp_path / "p.csv"), "--num-samples", s, "--quiet"]) == 0
+    predicted = np.array([[float(r[f"prob_{c}"]) for c in CLASSES]
+                          for r in _rows(tmp_path / "p.csv")])
+    _, scaler, _ = _split(runs, "cls", "kind")
+    x = scaler.transform(np.array([[float(r["u"]), float(r["v"])]
+                                   for r in _rows(runs / "cls.csv")]))
+    served, raw = _served(tmp_path / "exp" / "1", x), _served(tmp_path / "exp" / "2", x)
+    gap = np.abs(served["probabilities"] - predicted).max()
+    shift = np.abs(raw["probabilities"] - predicted).max()
+    print(f"served vs predict (S = {s}): max |diff| {gap:.4f}; uncalibrated export {shift:.4f}")
+    assert gap < 0.005 and shift > 0.02
+    # The fitted values are posthoc.json's, and the served sets the APS (u = 1) sets of the
+    # served probabilities at its quantile: at alpha = 0.1 (q = 1.0 for this undertrained
+    # model) and, through predict_with_alpha, at 0.5.
+    posthoc = json.loads((folder / train.POSTHOC_FILE).read_text())
+    saved = json.loads(tf.saved_model.load(str(tmp_path / "exp" / "1")).post_hoc.numpy())
+    assert saved["calibrated"] == posthoc["calibrated"]
+    assert saved["quantile"] == posthoc["quantile"] and saved["alpha"] == 0.1
+    half = _served(tmp_path / "exp" / "1", x, "predict_with_alpha",
+                   alpha=tf.constant(0.5, tf.float64))
+    for out, alpha in ((served, 0.1), (half, 0.5)):
+        probs = out["probabilities"]
+        q = float(conformal_quantile(np.float32(posthoc["scores"]), alpha))
+        order = np.argsort(-probs, axis=1, kind="stable")
+        cumulative = np.take_along_axis(np.cumsum(np.take_along_axis(probs, order, 1), 1),
+                                        np.argsort(order, axis=1), 1)
+        clear = np.abs(cumulative - q) > 1e-5
+        assert clear.sum() >= 300, alpha
+        top = np.eye(3, dtype=bool)[probs.argmax(1)]
+        np.testing.assert_array_equal(out["prediction_set"][clear],
+                                      ((cumulative <= q) | top)[clear])
+    sizes = half["prediction_set"].sum(1)
+    assert sizes.min() == 1 and sizes.max() >= 2, np.bincount(sizes)
+
+
+def test_export_without_posthoc_is_the_plain_export(runs, tmp_path, capsys):
+    plain = tmp_path / "plain"
+    shutil.copytree(runs / "cls", plain)
+    (plain / train.POSTHOC_FILE).unlink()
+    results.write_manifest(str(plain))
+    assert cli.main(["export", str(plain), str(tmp_path / "exp"), "--num-samples", "4"]) == 0
+    assert "post-hoc: none (no posthoc.json beside MODEL)" in capsys.readouterr().out
+    model, _ = train.load(runs / "cls")
+    direct = tfp_bnn.export_savedmodel(model, tmp_path / "direct", num_samples=4)
+    exports = [tf.saved_model.load(str(p)) for p in (tmp_path / "exp" / "1", direct)]
+    assert [sorted(e.signatures) for e in exports] == [sorted(tfp_bnn.export.SIGNATURES)] * 2
+    assert not any(hasattr(e, "post_hoc") for e in exports)
+    x = np.random.default_rng(0).uniform(size=(5, 2))
+    a, b = (_served(p, x) for p in (tmp_path / "exp" / "1", direct))
+    assert sorted(a) == sorted(b) == sorted(tfp_bnn.export.output_names("multiclass"))
+    a, b = (_served(p, x, "deterministic") for p in (tmp_path / "exp" / "1", direct))
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
 
 
 def test_alpha_errors_name_the_option_and_write_nothing(runs, tmp_path, capsys):

@@ -6,7 +6,7 @@
             [--alpha 0.1] [--unsafe-load]
     tfp-bnn iris [--seeds 5] [--epochs 150] [--out runs/iris] [--overwrite] [--quiet]
     tfp-bnn export MODEL.keras EXPORT_DIR [--num-samples 10] [--noise exact] [--version N]
-            [--overwrite] [--unsafe-load]
+            [--no-posthoc] [--overwrite] [--unsafe-load]
     tfp-bnn serve-check EXPORT_DIR/VERSION [--signature serving_default] [--body request.json]
     tfp-bnn benchmark [--models mlp,cnn] [--calls 100] [--out results.json]
 
@@ -177,14 +177,48 @@ def _cmd_benchmark(args):
 
 def _cmd_export(args):
     from tfp_bnn import train
+    from tfp_bnn.conformal import Conformal
     from tfp_bnn.export import export_savedmodel
 
     if not os.path.exists(args.model):
         raise FileNotFoundError(f"model file not found: MODEL={args.model!r}")
-    model, _ = train.load(args.model, unsafe_load=args.unsafe_load)
+    model, meta, posthoc = train._load(args.model, args.unsafe_load,
+                                       require_preprocessing=False)
+    log = _log(args)
+    scaling = None if meta is None else meta.get("target_scaling")
+    if scaling:
+        # The graph holds the model alone: a client undoes the scaling `tfp-bnn predict` does.
+        log(f"served outputs are standardised {meta['target']!r} (tfp-bnn predict undoes it, "
+            f"the served graph does not): value * {scaling['std']:.6g} + {scaling['mean']:.6g}, "
+            f"variances * {scaling['std'] ** 2:.6g}")
+    if posthoc is None:
+        log(f"post-hoc: none (no {train.POSTHOC_FILE} beside MODEL)")
+    elif args.no_posthoc:
+        log(f"post-hoc: none (--no-posthoc; {train.POSTHOC_FILE} not applied)")
+    else:
+        # The predictor `tfp-bnn predict` uses: its probabilities (variances) without --alpha,
+        # its sets (intervals) with it.
+        model = Conformal.from_config(model, posthoc)
+        log(_describe_posthoc(model, train.POSTHOC_FILE))
     path = export_savedmodel(model, args.export_dir, num_samples=args.num_samples,
                              version=args.version, overwrite=args.overwrite, noise=args.noise)
-    _log(args)(path)
+    log(path)
+
+
+def _describe_posthoc(conf, source):
+    """One line: the calibration and conformal step a `Conformal` adds to the served outputs."""
+    from tfp_bnn import methods
+    from tfp_bnn.conformal import SERVED_CLASSIFICATION, SERVED_REGRESSION
+    from tfp_bnn.options import ConformalScore
+
+    inner = methods.post_hoc(conf.model)
+    steps = ([] if inner is None else [repr(inner)]) + [repr(conf)]
+    extra = SERVED_CLASSIFICATION if conf.score.is_classification else SERVED_REGRESSION
+    kind = ("" if conf.score not in (ConformalScore.APS, ConformalScore.RAPS)
+            else "randomised " if conf.randomized else "deterministic ")
+    return (f"post-hoc from {source}: {', then '.join(steps)}; served: calibrated outputs, "
+            f"{kind}{', '.join(extra)} at alpha={conf.alpha} and the predict_with_alpha "
+            "signature")
 
 
 def _default_body(session, signature):
@@ -338,7 +372,13 @@ def build_parser():
 
     p = sub.add_parser("export", help="export a saved .keras model for TF Serving",
                        description="Write EXPORT_DIR/<version>/ with serving_default, "
-                       "predict_with_samples and deterministic signatures.")
+                       "predict_with_samples and deterministic signatures. A model trained "
+                       "with --calibrate is exported as `tfp-bnn predict` uses it: calibrated "
+                       "probabilities (or variances), plus its conformal prediction_set (or "
+                       "interval_lower / interval_upper) at the fitted alpha and a "
+                       "predict_with_alpha signature. Inputs are the scaled features and "
+                       "regression outputs are in the standardised target's units "
+                       "(preprocessing.json holds both scalings).")
     p.add_argument("model", metavar="MODEL", help="a .keras file saved from a tfp_bnn model, "
                    "or a `tfp-bnn train` output folder")
     p.add_argument("export_dir", metavar="EXPORT_DIR", help="TF Serving model base path")
@@ -349,6 +389,9 @@ def build_parser():
                    "pseudo-independent copies)")
     p.add_argument("--version", type=_non_negative_int, default=None,
                    help="version folder (default: next free integer)")
+    p.add_argument("--no-posthoc", action="store_true",
+                   help="export the uncalibrated model, without the posthoc.json of a model "
+                   "trained with --calibrate")
     p.add_argument("--overwrite", action="store_true", help="replace an existing version")
     p.add_argument("--unsafe-load", action="store_true", help=_UNSAFE_HELP)
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
