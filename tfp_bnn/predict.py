@@ -168,6 +168,10 @@ def _mc_function(model, num_samples, task, return_samples, stochastic=True):
             if return_samples:
                 out["samples"] = samples
             return out
+        # TF's retracing warning counts traces per Python code object: one traced function
+        # per model (the design of this cache) reads as "retracing" from the fifth model on, as
+        # in the Iris job's five seeds. TF sets the same flag on the functions it restores.
+        run._omit_frequent_tracing_warning = True
         cache[key] = run
     return cache[key]
 
