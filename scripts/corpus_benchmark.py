@@ -15,6 +15,7 @@ interrupted run keeps what it measured; ``--table`` prints the Markdown table of
 Usage:
     python scripts/corpus_benchmark.py --out /tmp/corpus.jsonl [--only MobileNetV3Small]
     python scripts/corpus_benchmark.py --table /tmp/corpus.jsonl [/tmp/rerun.jsonl]
+    python scripts/corpus_benchmark.py --convert-only --out /tmp/convert.jsonl  # bayesify only
 """
 import argparse
 import json
@@ -133,8 +134,9 @@ def _step_ms(model, x, y, steps=2):
     return ms, float(loss)
 
 
-def run_one(name, which):
-    """Measure one row (in this process); a dict of the measures and the chain's outcome."""
+def run_one(name, which, convert_only=False):
+    """Measure one row (in this process); a dict of the measures and the chain's outcome
+    (``convert_only``: stop after timing bayesify)."""
     import tensorflow as tf
     import tf_keras
     import tfp_bnn
@@ -158,6 +160,9 @@ def run_one(name, which):
     row["convert_s_per_mparam"] = row["convert_s"] / (row["params"] / 1e6)
     bayesian_classes = {cls for kinds in convert.ESTIMATORS.values() for cls in kinds.values()}
     row["bayesian"] = sum(type(l) in bayesian_classes for l in replay.all_layers(bnn))
+    if convert_only:
+        row["stage"] = "converted"
+        return row
 
     row["stage"] = "train"
     if which == "keras3":
@@ -231,6 +236,7 @@ def table(*paths):
             return format(r[key], fmt) if key in r else "-"
 
         chain = ("pass" if r.get("passed") else
+                 "converted (conversion only)" if r.get("stage") == "converted" else
                  f"refused, as documented: {r['error'][:60]}..." if _refused_by_design(r) else
                  f"FAIL at {r.get('stage')}: {r.get('error', '')}")
         chain += " (rerun)" if r["rerun"] else ""
@@ -252,6 +258,8 @@ def main(argv=None):
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per model")
     parser.add_argument("--table", nargs="+",
                         help="print the Markdown table of result files (later ones: reruns)")
+    parser.add_argument("--convert-only", action="store_true",
+                        help="time bayesify only (no fit/predict/export): the conversion table")
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "KERAS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.table:
@@ -259,7 +267,7 @@ def main(argv=None):
         return
     if args.one:
         try:
-            row = run_one(*args.one)
+            row = run_one(*args.one, convert_only=args.convert_only)
         except LookupError as err:
             row = {"model": args.one[0], "keras": args.one[1], "stage": "absent",
                    "error": str(err)}
@@ -270,7 +278,8 @@ def main(argv=None):
     for name, which in _rows(args.only):
         start = time.perf_counter()
         try:
-            proc = subprocess.run([sys.executable, __file__, "--one", name, which],
+            extra = ["--convert-only"] if args.convert_only else []
+            proc = subprocess.run([sys.executable, __file__, "--one", name, which] + extra,
                                   capture_output=True, text=True, timeout=args.timeout)
             lines = [l for l in proc.stdout.splitlines() if l.startswith("ROW ")]
             row = (json.loads(lines[-1][4:]) if lines else
