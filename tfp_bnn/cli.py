@@ -182,8 +182,7 @@ def _cmd_export(args):
 
     if not os.path.exists(args.model):
         raise FileNotFoundError(f"model file not found: MODEL={args.model!r}")
-    model, meta, posthoc = train._load(args.model, args.unsafe_load,
-                                       require_preprocessing=False)
+    model, meta, posthoc = train.load_run(args.model, args.unsafe_load)
     log = _log(args)
     scaling = None if meta is None else meta.get("target_scaling")
     if scaling:

@@ -61,7 +61,7 @@ from tfp_bnn.predict import DEFAULT_BATCH_SIZE, NonFiniteOutputError, predict
 from tfp_bnn.tasks import resolve as resolve_task
 
 __all__ = ["TrainConfig", "OUTPUT_FILES", "OWNED_FILES", "PREPROCESSING_FILE", "POSTHOC_FILE",
-           "CALIBRATION_ALPHA", "build_model", "fit", "run", "load", "predict_csv"]
+           "CALIBRATION_ALPHA", "build_model", "fit", "run", "load", "load_run", "predict_csv"]
 
 PREPROCESSING_FILE = "preprocessing.json"
 POSTHOC_FILE = "posthoc.json"
@@ -447,12 +447,13 @@ def load(path, unsafe_load=False, require_preprocessing=False):
     Returns:
         ``(model, preprocessing)``; ``preprocessing`` is None for a bare ``.keras`` file.
     """
-    model, preprocessing, _ = _load(path, unsafe_load, require_preprocessing)
+    model, preprocessing, _ = load_run(path, unsafe_load, require_preprocessing)
     return model, preprocessing
 
 
-def _load(path, unsafe_load, require_preprocessing):
-    """`load`, plus the folder's posthoc.json contents (None when its manifest lists none)."""
+def load_run(path, unsafe_load=False, require_preprocessing=False):
+    """`load`, plus the folder's posthoc.json contents (None when its manifest lists none):
+    ``(model, preprocessing, posthoc)``, what `predict_csv` and ``tfp-bnn export`` apply."""
     path = os.fspath(path)
     folder, file = (path, os.path.join(path, "model.keras")) if os.path.isdir(path) else (
         os.path.dirname(path) or ".", path)
@@ -536,7 +537,7 @@ def predict_csv(model_path, csv, out, num_samples=100, seed=None, overwrite=Fals
     stage = results.Staging(out, overwrite, argument="--out", kind="file")
     if not os.path.isfile(csv):
         raise FileNotFoundError(f"No CSV file at path={os.fspath(csv)!r}")
-    model, meta, posthoc = _load(model_path, unsafe_load, require_preprocessing=True)
+    model, meta, posthoc = load_run(model_path, unsafe_load, require_preprocessing=True)
     task = resolve_task(model)
     conf = None if posthoc is None else Conformal.from_config(model, posthoc)
     if alpha is not None:
