@@ -42,7 +42,7 @@ import functools
 import math
 import threading
 
-from tfp_bnn import options
+from tfp_bnn import copies, options
 from tfp_bnn._keras import tf
 from tfp_bnn.options import Mode, Noise
 
@@ -514,12 +514,23 @@ def _row_thresholds(model, noise=Noise.EXACT):
     return sorted(found)
 
 
+# Layer classes whose inference-time call is deterministic unless called with training=True.
+_KNOWN_MODULES = ("tf_keras.", "tfp_bnn.")
+
+
+def _needs_copies(layer):
+    """Whether ``layer``'s output may differ between Monte Carlo copies of the same input."""
+    return any(isinstance(sub, StochasticLayer) or not type(sub).__module__.startswith(
+        _KNOWN_MODULES) for sub in layer._flatten_layers(include_self=True, recursive=True))
+
+
 def sample_outputs(model, inputs, num_samples, seed=None, variances=None, noise=Noise.EXACT):
     """Call ``model`` once on S tiled copies of ``inputs``; outputs come back as ``[S, B, ...]``.
 
     ``inputs`` and the returned outputs keep the model's structure (a tensor, or a list for
     several inputs/outputs). Meant to be called inside a tf.function. ``variances`` and
-    ``noise``: see `mc_sampling`.
+    ``noise``: see `mc_sampling`. The layers before the first random one run once on the B
+    rows, not on S copies (`tfp_bnn.copies`): a deterministic trunk costs one pass.
 
     When B is not static and some layer's best path depends on it (a Dense layer samples in
     output space while B < its `StochasticLayer.mc_rows_threshold`), the model is traced once
@@ -527,11 +538,16 @@ def sample_outputs(model, inputs, num_samples, seed=None, variances=None, noise=
     of a tf.cond per layer (the conds cost more than the layers themselves at batch 1 on a CPU).
     """
     inputs = tf.nest.map_structure(tf.convert_to_tensor, inputs)
-    tiled = tf.nest.map_structure(lambda t: _tile(t, num_samples), inputs)
+    # The layers before the first random one run once, on B rows (`tfp_bnn.copies`).
+    walk = copies.plan(model, _needs_copies)
+    tiled = None if walk else tf.nest.map_structure(lambda t: _tile(t, num_samples), inputs)
 
     def run(rows):
         with mc_sampling(num_samples, seed, Mode.SAMPLE, variances, rows, noise):
-            outputs = model(tiled, training=False)
+            if walk is not None:
+                outputs = walk.call(inputs, num_samples, _tile)
+            else:
+                outputs = model(tiled, training=False)
         return tf.nest.map_structure(lambda t: _split(t, num_samples), outputs)
 
     first = tf.nest.flatten(inputs)[0]
