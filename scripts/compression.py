@@ -5,25 +5,26 @@ Two nets on the 8x8 digits (1,797 images, a stratified 70/30 train/test split pe
     MLP   64-300-100-10 (LeNet-300-100 style, ReLU)
     CNN   conv 6@3x3 - pool - conv 16@3x3 - pool - 120 - 84 - 10 (LeNet-5 style, 'same' padding)
 
-For each: the dense deterministic net (Adam, ``--dense-epochs``); sparse variational dropout
-(``bayesify(prior="log_uniform")``, posterior means from the trained dense net, sigma 0.01,
-KL weight 1/N warmed up linearly, ``--sparse-epochs``, Adam at ``--sparse-lr``; local
-reparameterisation for the MLP, Flipout for the CNN); the group normal-Jeffreys prior
-(``prior="group_normal_jeffreys"``, ``--group-lr`` and ``--group-warmup``). Each Bayesian net is compressed with
-``tfp_bnn.compress(threshold=3.0)`` and the compressed net is exported with
-`tfp_bnn.export_savedmodel`: test accuracy of the compressed (posterior-mean) net, weights
-kept, hidden units kept, bits per weight, compression ratio, served latency (one example, the
-loaded SavedModel's signature, median of 200 calls), SavedModel size (and its variables/
-part), and the factor the removed units imply: the dense net's parameters over the float32
-parameters the compressed net still stores (pruned weights are stored as zeros). Mean over
-seeds.
+For each: the dense deterministic net (Adam 1e-3, ``--dense-epochs``); sparse variational
+dropout (``bayesify(prior="log_uniform")``) and the group normal-Jeffreys prior
+(``prior="group_normal_jeffreys"``), both with posterior means from the trained dense net,
+sigma 0.01, KL weight 1/N warmed up linearly to a temperature, Adam on the per-net schedule
+of `SCHEDULES`, local reparameterisation for the MLP, Flipout for the CNN. Each Bayesian net
+is compressed with ``tfp_bnn.compress(threshold=3.0)`` and the compressed net is exported with
+`tfp_bnn.export_savedmodel`: test accuracy of the compressed (posterior-mean) net and of the
+uncompressed posterior mean, weights kept, hidden units kept, bits per weight, compression
+ratio, served latency (one example, the loaded SavedModel's signature, median of 200 calls),
+SavedModel size (and its variables/ part), and the factor the removed units imply: the dense
+net's parameters over the float32 parameters the compressed net still stores (pruned weights
+are stored as zeros). Mean over seeds. Every draw is seeded (the seed of the run), so a run
+repeats its figures.
 
-The schedule (epochs, warm-up, threshold) was set on a validation carve (20 %) of the training
-split (``--validate`` reports on that carve instead of the test split); the test split is only
+The schedules were set on 20 % validation carves of the training split (``--validate``
+reports on a carve instead of the test split, ``--carve`` picks which); the test split is only
 read for the reported figures.
 
     python scripts/compression.py                     # seeds 0 1 2, writes runs/compression
-    python scripts/compression.py --seeds 0 --validate
+    python scripts/compression.py --seeds 0 --validate --carve 1 --nets mlp --methods group
 
 Writes ``results.json`` and ``results.md`` into ``--out``; existing files are kept unless
 ``--overwrite``.
@@ -45,13 +46,15 @@ from tfp_bnn._keras import tf, tf_keras
 METHODS = ("dense", "sparse VD", "group prior")
 
 
-def data(seed, validate):
+def data(seed, validate, carve=0):
+    """(x_train, y_train, x_eval, y_eval): the seed's test split, or with ``validate`` a 20 %
+    carve of its training split (carve c > 0: another random carve of the same split)."""
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).astype("float32")
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.3, stratify=y, random_state=seed)
     if validate:
         x_tr, x_te, y_tr, y_te = train_test_split(x_tr, y_tr, test_size=0.2, stratify=y_tr,
-                                                  random_state=seed)
+                                                  random_state=seed + 1000 * carve)
     return x_tr, y_tr, x_te, y_te
 
 
@@ -73,6 +76,18 @@ def cnn():
 
 ARCHS = {"MLP 64-300-100-10": (mlp, "local_reparameterization"),
          "CNN LeNet-5 style": (cnn, "flipout")}
+# The training schedule per (net, method), set on validation carves of the training split
+# (BENCHMARKS.md says which): Adam's rate, the epochs of linear KL warm-up, the epochs in all,
+# the epochs at the full rate after the warm-up, the rate's geometric decay after those (the
+# rate at the last epoch over ``lr``) and the KL temperature the warm-up ends at (1: the
+# ELBO). ``--sparse-lr`` and the like override a field for both nets.
+SCHEDULE_FIELDS = ("lr", "warmup", "epochs", "hold", "decay", "temperature")
+SCHEDULES = {
+    ("mlp", "sparse"): dict(lr=1e-3, warmup=100, epochs=100, hold=0, decay=1.0, temperature=1.0),
+    ("mlp", "group"): dict(lr=3e-3, warmup=20, epochs=100, hold=0, decay=1.0, temperature=1.0),
+    ("cnn", "sparse"): dict(lr=1e-3, warmup=100, epochs=100, hold=0, decay=1.0, temperature=1.0),
+    ("cnn", "group"): dict(lr=3e-3, warmup=20, epochs=100, hold=0, decay=1.0, temperature=1.0),
+}
 LOSS = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
@@ -112,8 +127,29 @@ def hidden_units(report):
     return sum(r["units_kept"] for r in rows), sum(r["units"] for r in rows)
 
 
+def schedule_of(arch, key, args):
+    """`SCHEDULES` of net ``arch`` and method ``key``, with the command line's overrides."""
+    chosen = dict(SCHEDULES[(arch.split()[0].lower(), key)])
+    for field in SCHEDULE_FIELDS:
+        if getattr(args, f"{key}_{field}") is not None:
+            chosen[field] = getattr(args, f"{key}_{field}")
+    return chosen
+
+
+def rate_schedule(lr, warmup, epochs, decay, hold=0):
+    """Adam's learning rate per epoch: ``lr`` through the KL warm-up and ``hold`` epochs more,
+    then geometric down to ``lr * decay`` at the last epoch (``decay=1``: constant)."""
+    start = warmup + hold
+
+    def rate(epoch, _):
+        if epoch < start or epochs - start <= 1:
+            return lr
+        return lr * decay ** ((epoch - start) / (epochs - start - 1))
+    return tf_keras.callbacks.LearningRateScheduler(rate)
+
+
 def run(seed, args, tmp):
-    x_tr, y_tr, x_te, y_te = data(seed, args.validate)
+    x_tr, y_tr, x_te, y_te = data(seed, args.validate, args.carve)
     out = {}
     for arch, (build, estimator) in ARCHS.items():
         if arch.split()[0].lower() not in args.nets:
@@ -128,23 +164,31 @@ def run(seed, args, tmp):
                           "weights_kept": n_weights, "units": "-", "bits": 32,
                           "compression_ratio": 1.0, "latency_ms": latency, "savedmodel_bytes": size,
                           "variables_bytes": variables, "stored_params": stored(dense)}}
-        for method, prior, lr, warmup in (
-                ("sparse VD", "log_uniform", args.sparse_lr, args.sparse_warmup),
-                ("group prior", "group_normal_jeffreys", args.group_lr, args.group_warmup)):
+        for method, key, prior in (("sparse VD", "sparse", "log_uniform"),
+                                   ("group prior", "group", "group_normal_jeffreys")):
+            if key not in args.methods:
+                continue
+            plan = schedule_of(arch, key, args)
+            lr, warmup, epochs, hold, decay, temperature = (plan[k] for k in SCHEDULE_FIELDS)
             tf_keras.utils.set_random_seed(seed)
             bnn = tfp_bnn.bayesify(dense, estimator=estimator, prior=prior,
                                    posterior=tfp_bnn.posteriors.MeanField(init_scale=0.01,
                                                                           from_weights=True),
                                    num_train_examples=len(x_tr))
             bnn.compile(tf_keras.optimizers.Adam(lr), LOSS)
-            bnn.fit(x_tr, y_tr, epochs=args.sparse_epochs, batch_size=64, verbose=0,
-                    callbacks=[tfp_bnn.callbacks.KLAnnealing(warmup_epochs=warmup)])
+            callbacks = [tfp_bnn.callbacks.KLAnnealing(warmup_epochs=warmup,
+                                                       temperature=temperature),
+                         rate_schedule(lr, warmup, epochs, decay, hold)]
+            bnn.fit(x_tr, y_tr, epochs=epochs, batch_size=64, verbose=0, callbacks=callbacks)
             result = tfp_bnn.compress(bnn, threshold=args.threshold)
             report = result.report
             kept, total = hidden_units(report)
             latency, size, variables = served(result.model, tmp)
+            # The uncompressed posterior mean: what pruning at the threshold costs on top.
+            mean_acc = float(np.mean(np.argmax(tfp_bnn.sampling.mean_outputs(bnn, x_te), -1)
+                                     == y_te))
             rows[method] = {
-                "accuracy": accuracy(result.model, x_te, y_te),
+                "accuracy": accuracy(result.model, x_te, y_te), "posterior_mean_accuracy": mean_acc,
                 "nonzero_fraction": report["nonzero_fraction"],
                 "weights_kept": report["weights_kept"], "units": f"{kept}/{total}",
                 "units_kept": kept, "units_total": total,
@@ -152,27 +196,30 @@ def run(seed, args, tmp):
                 "latency_ms": latency, "savedmodel_bytes": size, "variables_bytes": variables,
                 "stored_params": stored(result.model), "layers": report["layers"]}
             print(f"seed {seed} {arch} {method}: acc {rows[method]['accuracy']:.4f} "
+                  f"(posterior mean {mean_acc:.4f}, dense {rows['dense']['accuracy']:.4f}) "
                   f"kept {report['nonzero_fraction']:.4f} units {kept}/{total}", flush=True)
         out[arch] = rows
     return out
 
 
 def table(runs):
-    lines = ["| net | method | test accuracy | non-zero weights | hidden units kept | bits/weight "
-             "| compression ratio | served latency (ms) | SavedModel (KiB) | of it variables "
-             "(KiB) | dense / stored parameters |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| net | method | test accuracy | posterior mean, uncompressed | non-zero weights "
+             "| hidden units kept | bits/weight | compression ratio | served latency (ms) "
+             "| SavedModel (KiB) | of it variables (KiB) | dense / stored parameters |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for arch in runs[0]:
-        for method in METHODS:
+        for method in (m for m in METHODS if m in runs[0][arch]):
             rs = [r[arch][method] for r in runs]
             mean = {k: float(np.mean([r[k] for r in rs])) for k in (
                 "accuracy", "nonzero_fraction", "weights_kept", "bits", "compression_ratio",
                 "latency_ms", "savedmodel_bytes", "variables_bytes", "stored_params")}
             dense_params = float(np.mean([r[arch]["dense"]["stored_params"] for r in runs]))
+            uncompressed = ("-" if method == "dense" else
+                            f"{100 * np.mean([r['posterior_mean_accuracy'] for r in rs]):.2f} %")
             units = ("all" if method == "dense" else
                      f"{np.mean([r['units_kept'] for r in rs]):.0f} / {rs[0]['units_total']}")
             lines.append(
-                f"| {arch} | {method} | {100 * mean['accuracy']:.2f} % | "
+                f"| {arch} | {method} | {100 * mean['accuracy']:.2f} % | {uncompressed} | "
                 f"{100 * mean['nonzero_fraction']:.2f} % ({mean['weights_kept']:.0f}) | {units} | "
                 f"{mean['bits']:.1f} | {mean['compression_ratio']:.0f}x | "
                 f"{mean['latency_ms']:.3f} | {mean['savedmodel_bytes'] / 1024:.0f} | "
@@ -186,22 +233,30 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--nets", nargs="+", choices=["mlp", "cnn"], default=["mlp", "cnn"])
     parser.add_argument("--dense-epochs", type=int, default=60)
-    parser.add_argument("--sparse-epochs", type=int, default=100)
-    # Set on the validation carve: sparse VD at 3e-3 / 20 epochs of warm-up (seed 0) pruned the
-    # MLP to 1.7 % but lost 3 accuracy points; 1e-3 / 50 lost 0.8 (seed 0) and, on the test
-    # split, 2.1; 1e-3 / 100 lost 1.3 (seeds 0-2; 150 epochs instead of 100: worse, seed 0).
-    # The group prior at 1e-3 / 50 removed 37 % of the MLP's hidden units (seed 0), 2e-3 / 40
-    # 46 % (seeds 0-2), 3e-3 / 20 63 % at the dense net's accuracy (seed 0).
-    parser.add_argument("--sparse-lr", type=float, default=1e-3)
-    parser.add_argument("--sparse-warmup", type=float, default=100)
-    parser.add_argument("--group-lr", type=float, default=3e-3)
-    parser.add_argument("--group-warmup", type=float, default=20)
+    parser.add_argument("--methods", nargs="+", choices=["sparse", "group"],
+                        default=["sparse", "group"])
+    for key in ("sparse", "group"):
+        for field, kind, text in (
+                ("lr", float, "Adam's learning rate"),
+                ("warmup", float, "epochs of linear KL warm-up"),
+                ("epochs", int, "epochs in all"),
+                ("hold", float, "epochs at the full rate after the warm-up"),
+                ("decay", float, "learning rate at the last epoch over the full rate "
+                                 "(geometric after the hold; 1: constant)"),
+                ("temperature", float, "KL multiplier the warm-up ends at (1: the ELBO)")):
+            parser.add_argument(f"--{key}-{field}", type=kind, default=None,
+                                help=f"{text}; default: SCHEDULES")
     parser.add_argument("--threshold", type=float, default=3.0)
     parser.add_argument("--validate", action="store_true",
                         help="report on a validation carve of the training split")
+    parser.add_argument("--carve", type=int, default=0,
+                        help="which random 20 %% carve --validate holds out (0: the first)")
     parser.add_argument("--out", default="runs/compression")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
+    # Same seed, same table: the training draws take their op seeds from set_random_seed, and
+    # determinism fixes the order-dependent CPU kernels (reductions over threads) too.
+    tf.config.experimental.enable_op_determinism()
     files = [os.path.join(args.out, f) for f in ("results.json", "results.md")]
     if not args.overwrite and any(os.path.exists(f) for f in files):
         sys.exit(f"{args.out} holds results already; pass --overwrite to replace them.")
@@ -210,7 +265,11 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     md = table(runs)
     with open(files[0], "w") as f:
-        json.dump({"args": vars(args), "runs": runs}, f, indent=1, default=str)
+        schedules = {f"{arch} {key}": schedule_of(arch, key, args)
+                     for arch in ARCHS if arch.split()[0].lower() in args.nets
+                     for key in args.methods}
+        json.dump({"args": vars(args), "schedules": schedules, "runs": runs}, f, indent=1,
+                  default=str)
     with open(files[1], "w") as f:
         f.write(md + "\n")
     print(md)

@@ -192,3 +192,44 @@ def test_compress_leaves_the_model_alone(bnn):
     tfp_bnn.compress(bnn, threshold=0.0)
     for w, b in zip(bnn.weights, before):
         np.testing.assert_array_equal(w.numpy(), b)
+
+
+def test_script_rate_holds_through_the_warm_up_then_decays_geometrically():
+    import compression as script  # scripts/compression.py
+    rate = script.rate_schedule(1e-3, warmup=4, epochs=10, decay=0.01).schedule
+    # epochs 4..9 after the warm-up: 1e-3 * 0.01 ** (k / 5), k = 0..5
+    assert [rate(e, None) for e in range(4)] == [1e-3] * 4
+    np.testing.assert_allclose([rate(e, None) for e in range(4, 10)],
+                               1e-3 * 0.01 ** (np.arange(6) / 5), rtol=1e-12)
+    assert script.rate_schedule(2e-3, warmup=4, epochs=10, decay=1.0).schedule(9, None) == 2e-3
+
+
+def test_script_validation_carves_come_from_the_training_split_only():
+    import compression as script
+    x_tr, _, x_te, _ = script.data(1, validate=False)
+    carves = [script.data(1, validate=True, carve=c) for c in (0, 1)]
+    key = lambda a: {r.tobytes() for r in np.round(a, 6)}
+    test, train = key(x_te), key(x_tr)
+    for fit_x, _, val_x, _ in carves:
+        # scikit-learn rounds the held-out part up: ceil(0.2 * 1257) = 252
+        assert len(val_x) == 252 and len(fit_x) + len(val_x) == len(x_tr) == 1257
+        assert key(val_x) <= train and not key(val_x) & test and not key(fit_x) & test
+    assert key(carves[0][2]) != key(carves[1][2])
+
+
+@pytest.mark.slow  # two script processes: about a minute on two shared cores
+def test_script_runs_are_reproducible(tmp_path):
+    """Two processes, the same seed: the same accuracies and the same weights kept."""
+    outs = []
+    for run in ("a", "b"):
+        args = [sys.executable, "scripts/compression.py", "--seeds", "0", "--nets", "mlp",
+                "--dense-epochs", "2", "--sparse-epochs", "3", "--sparse-warmup", "2",
+                "--group-epochs", "3", "--group-warmup", "2", "--validate",
+                "--out", str(tmp_path / run)]
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        rows = json.loads((tmp_path / run / "results.json").read_text())["runs"][0]
+        outs.append({m: (r["accuracy"], r["weights_kept"], r.get("units_kept"))
+                     for m, r in rows["MLP 64-300-100-10"].items()})
+    assert outs[0] == outs[1]
+    assert set(outs[0]) == {"dense", "sparse VD", "group prior"}
