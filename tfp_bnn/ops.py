@@ -389,6 +389,12 @@ class Operation(tf_keras.layers.Layer):
         return cls(op, arguments, _encode(dict(attributes), []), name=name), tensors
 
     def call(self, inputs):
+        return self._run(inputs)
+
+    # The translations branch on Python values only (dtypes, static shapes, attributes):
+    # AutoGraph would convert every TABLE entry at each symbolic call for nothing.
+    @tf.autograph.experimental.do_not_convert
+    def _run(self, inputs):
         # A functional model hands a layer called on a one-tensor list that tensor alone.
         tensors = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
         args, kwargs = _decode(json.loads(self._arguments), tensors)

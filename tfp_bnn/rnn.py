@@ -352,7 +352,6 @@ class BayesianRNN(BayesianLayer, tf_keras.layers.RNN):
         return bayesian.rademacher(shape, dtype, self.seed)
 
     # --- forward ----------------------------------------------------------------------------
-    @tf.autograph.experimental.do_not_convert  # as StochasticLayer.call: the loop is explicit
     def call(self, inputs, mask=None, training=None, initial_state=None, constants=None):
         if constants is not None:
             raise ValueError(f"{type(self).__name__} does not take RNN constants. "

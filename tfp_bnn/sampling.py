@@ -234,12 +234,16 @@ class StochasticLayer:
         """Rows per sample B at which this layer's sampling code path switches, or None."""
         return None
 
+    def call(self, inputs, *args, **kwargs):
+        return self._dispatch(inputs, *args, **kwargs)
+
     # Every branch below is Python-level (the context, the mode, static shapes) and the
     # data-dependent choices are explicit tf.conds, so AutoGraph has nothing to convert; skipping
     # it makes each symbolic call (bayesify's rebuild, every trace of fit/predict/export)
-    # several times cheaper.
+    # several times cheaper. (On `call` itself the decorator would hide its signature from
+    # Keras's call spec.)
     @tf.autograph.experimental.do_not_convert
-    def call(self, inputs, *args, **kwargs):
+    def _dispatch(self, inputs, *args, **kwargs):
         ctx = current()
         if ctx is None:
             return self.plain_call(inputs, *args, **kwargs)
