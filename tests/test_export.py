@@ -208,6 +208,8 @@ def test_predict_with_samples_honours_num_samples(loaded):
 def test_warmup_records_parse_as_prediction_logs(exported, fresh):
     from tensorflow_serving.apis import prediction_log_pb2
 
+    session = load_session(exported)
+
     records = [prediction_log_pb2.PredictionLog.FromString(r.numpy())
                for r in tf.data.TFRecordDataset(os.path.join(exported, export_lib.WARMUP_FILE))]
     assert records
@@ -217,10 +219,19 @@ def test_warmup_records_parse_as_prediction_logs(exported, fresh):
         name = request.model_spec.signature_name
         seen.add(name)
         assert sorted(request.inputs) == fresh["signatures"][name]["inputs"]
-        features = tf.make_ndarray(request.inputs["features"])
+        proto = request.inputs["features"]
+        features = tf.make_ndarray(proto)
         assert features.dtype == np.float32 and features.shape[1:] == (4,)
+        # One value broadcast by the parser; TF's C++ parser (as TF Serving's) agrees.
+        assert list(proto.float_val) == [0.0] and not proto.tensor_content
+        parsed = tf.io.parse_tensor(proto.SerializeToString(), tf.float32).numpy()
+        np.testing.assert_array_equal(parsed, features)
+        np.testing.assert_array_equal(parsed, 0.0)
         if name == "predict_with_samples":
             assert tf.make_ndarray(request.inputs["num_samples"]) >= 1
+        # TF Serving runs every warmup request at load: each runs in the loaded graph.
+        out = session.run(name, {k: tf.make_ndarray(v) for k, v in request.inputs.items()})
+        assert all(np.all(np.isfinite(v)) for v in out.values())
     assert seen == set(export_lib.SIGNATURES)
 
 
