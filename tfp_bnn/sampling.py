@@ -319,16 +319,14 @@ def add_per_copy(out, bias, num_samples, channel_axis=-1):
     """``out`` [S*B, ...] plus ``bias`` [S, *bias shape] (row block s gets bias s): the bias on
     the trailing axes (channels last, Dense, EinsumDense) or on ``channel_axis``."""
     rank = out.shape.rank
-    # Static inner dims where known: a served graph gets no Shape/Concat ops for them.
-    inner = [d if d is not None else tf.shape(out)[i + 1] for i, d in enumerate(out.shape[1:])]
-    blocks = tf.reshape(out, tf.stack([num_samples, -1] + inner))
+    blocks = _split(out, num_samples)
     dims = bias.shape[1:].as_list()
     if channel_axis % rank == rank - 1:
         lined = [-1] + [1] * (rank - len(dims)) + dims
     else:
         lined = [-1] + [1] * rank
         lined[channel_axis % rank + 1] = dims[0]
-    return tf.reshape(blocks + tf.reshape(bias, lined), tf.stack([-1] + inner))
+    return tf.reshape(blocks + tf.reshape(bias, lined), tf.stack([-1] + _inner_dims(out)))
 
 
 def gaussian_matmul(x, ctx, kernel, bias=None):
@@ -493,10 +491,16 @@ def _tile(x, num_samples):
     return tf.tile(x, multiples)
 
 
+def _inner_dims(t):
+    """``t``'s dims after the first, static where known: a served graph gets no Shape ops for
+    them."""
+    return [d if d is not None else tf.shape(t)[i + 1] for i, d in enumerate(t.shape[1:])]
+
+
 def _split(y, num_samples):
+    """Sample-major ``y`` [S*B, ...] as [S, B, ...]."""
     if y.shape.rank is not None:
-        return tf.reshape(y, tf.stack([num_samples, -1] + [
-            d if d is not None else tf.shape(y)[i + 1] for i, d in enumerate(y.shape[1:])]))
+        return tf.reshape(y, tf.stack([num_samples, -1] + _inner_dims(y)))
     shape = tf.shape(y)
     return tf.reshape(y, tf.concat([[num_samples, shape[0] // num_samples], shape[1:]], 0))
 
