@@ -2,7 +2,7 @@
 
 `run_layer_test` checks, for one layer class and constructor arguments:
 
-1. the output shape of a forward pass;
+1. the output shape of a forward pass, and of a symbolic (Functional) call;
 2. the trainable weights (count and names, in order) and the single non-trainable `kl_weight`;
 3. the number of losses after a forward pass (one KL per Bayesian weight tensor, not one per
    call), each ``kl_weight * KL(q || p)``;
@@ -92,6 +92,8 @@ def run_layer_test(layer_cls, init_kwargs, input_shape, expected_output_shape,
     # 5. .keras save/load: same variables, same outputs under a fixed seed
     inputs = tf_keras.Input(batch_shape=input_shape)
     model = tfp_bnn.BayesianModel(inputs, layer(inputs))
+    # The symbolic call infers shapes through mean_call: it must agree with the real pass.
+    assert tuple(model.output_shape) == tuple(expected_output_shape)
     path = str(tmp_path / f"{layer.name}.keras")
     model.save(path)
     loaded = tf_keras.models.load_model(path)

@@ -155,6 +155,24 @@ def test_mode_accepts_the_enum_and_its_string():
             pass
 
 
+def test_building_a_functional_model_infers_shapes_through_the_mean_path(monkeypatch):
+    """Keras's shape-inference call takes mean_call (no draws, no KL); a real call still
+    samples."""
+    def refuse(self, inputs, **kwargs):
+        raise AssertionError("plain_call during shape inference")
+
+    layer = tfp_bnn.layers.DenseFlipout(3, kl_weight=0.1)
+    monkeypatch.setattr(type(layer), "plain_call", refuse)
+    inputs = tf_keras.Input((4,))
+    model = tf_keras.Model(inputs, tf_keras.layers.Dense(2)(layer(inputs)))
+    assert model.output_shape == (None, 2) and not layer.losses
+    with pytest.raises(AssertionError, match="plain_call during shape inference"):
+        model(X[:2])
+    monkeypatch.undo()
+    out = np.stack([model(X[:2]).numpy() for _ in range(2)])
+    assert np.ptp(out, axis=0).max() > 0 and len(model.losses) == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # gaussian_matmul: both paths have the closed-form moments; only weight space shares a kernel
 # ---------------------------------------------------------------------------------------------
