@@ -155,8 +155,16 @@ class BayesianModel(Functional):
     def __init__(self, inputs, outputs, name=None, trainable=True, **kwargs):
         # The Functional signature, so tf_keras saves and revives the graph config as for Model.
         super().__init__(inputs, outputs, name=name, trainable=trainable, **kwargs)
+        self._add_trackers()
+
+    @tf.__internal__.tracking.no_automatic_dependency_tracking
+    def _add_trackers(self):
+        # Registered as metrics by hand, not as checkpoint dependencies: tracking an attribute
+        # of a Functional model looks its name up among every layer's dependencies, which took
+        # a tenth of bayesify's time on a deep network; the running means need no checkpoint.
         self.nll_tracker = tf_keras.metrics.Mean(name="nll")
         self.kl_tracker = tf_keras.metrics.Mean(name="kl")
+        self._metrics.extend([self.nll_tracker, self.kl_tracker])
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None):
         total = super().compute_loss(x, y, y_pred, sample_weight)
