@@ -20,7 +20,7 @@ def _tiled_samples(model, x, seed):
     tiled = tf.nest.map_structure(lambda t: sampling._tile(tf.convert_to_tensor(t), S), x)
     with sampling.mc_sampling(S, seed):
         out = model(tiled, training=False)
-    return tf.nest.map_structure(lambda t: sampling._split(t, S), out)
+    return tf.nest.map_structure(lambda t: sampling.split_copies(t, S), out)
 
 
 def _both(model, x, seed=(1, 2)):
@@ -81,7 +81,7 @@ def test_training_true_dropout_and_unknown_layers_stay_random_per_copy():
     walk = copies.plan(model, sampling._needs_copies)
     assert sorted(type(layer).__name__ for layer in walk.once) == ["Dense", "Dense"]
     outs = walk.call(tf.constant(_x((5,))), S, sampling._tile)
-    dropped, jittered = (sampling._split(t, S).numpy() for t in outs)
+    dropped, jittered = (sampling.split_copies(t, S).numpy() for t in outs)
     # Run once, every copy would be equal; per copy, the masks differ (each unit kept with
     # probability 1/2 per copy) and so does the jitter.
     kept = dropped != 0

@@ -161,6 +161,23 @@ class BayesianLayer(sampling.StochasticLayer):
         given = self._given_variance(name, ctx)
         return given if given is not None else tf.square(self._scale(name))
 
+    def _draws(self, name, ctx, dtype, index=None):
+        """``[S, *shape]`` independent draws of weight tensor ``name`` (S = ctx.num_samples):
+        ``mu + sigma * eps``, ``eps`` from the context's stream ``index``."""
+        loc = self._loc(name)
+        eps = ctx.normal(tf.concat([[ctx.num_samples], tf.shape(loc)], 0), dtype, index)
+        return loc + self._scale(name, ctx) * eps
+
+    def _bias_per_copy(self, out, ctx, channel_axis=-1):
+        """Sample-major ``out`` [S*B, ...] plus the bias: row block s gets draw s of a Bayesian
+        bias, every row the point bias otherwise (`Noise.SHARED`'s one-perturbation path)."""
+        if self._has_bias_noise():
+            return sampling.add_per_copy(out, self._draws("bias", ctx, out.dtype),
+                                         ctx.num_samples, channel_axis)
+        if self._bias_posterior() is not None:
+            return self._add_bias(out, self._loc("bias"))
+        return out
+
     def _gaussian(self, name, ctx):
         """`sampling.Gaussian` of one tensor: sigma and sigma^2 built only where used."""
         return sampling.Gaussian(self._loc(name), lambda: self._scale(name, ctx),

@@ -249,33 +249,20 @@ class KernelLayer(BayesianLayer):
         if (ctx.noise is options.Noise.SHARED and self._flipout_factorizes()
                 and sampling.shared_pays(x, ctx)):
             return self._shared_call(x, ctx)
-        shape = tf.shape(x)
-        xs = tf.reshape(x, tf.concat([[s, shape[0] // s], shape[1:]], 0))
-        kernels = {}
-        for name in self._names():
-            loc = self._loc(name)
-            kernels[name] = loc + self._scale(name, ctx) * ctx.normal(
-                tf.concat([[s], tf.shape(loc)], 0), x.dtype)
+        kernels = {name: self._draws(name, ctx, x.dtype) for name in self._names()}
         bias = self._loc("bias") if self._uses_bias() else None
         if self._has_bias_noise():
-            bias = bias + self._scale("bias", ctx) * ctx.normal(
-                tf.concat([[s], tf.shape(bias)], 0), x.dtype)
-        out = self._sample_op(xs, kernels, bias, ctx.rows)
-        out_shape = tf.shape(out)
-        return tf.reshape(out, tf.concat([[out_shape[0] * out_shape[1]], out_shape[2:]], 0))
+            bias = self._draws("bias", ctx, x.dtype)
+        out = self._sample_op(sampling.split_copies(x, s), kernels, bias, ctx.rows)
+        return sampling.merge_copies(out)
 
     def _shared_call(self, x, ctx):
         """`Noise.SHARED`: one perturbation of every kernel, Flipout signs per row."""
-        s = ctx.num_samples
         locs = {n: self._loc(n) for n in self._names()}
         deltas = {n: self._scale(n, ctx) * ctx.normal(tf.shape(loc), x.dtype)
                   for n, loc in locs.items()}
         out = stacking.shared_stages(x, ctx, self._stages(), locs, deltas, self._sign_shape)
-        if self._has_bias_noise():
-            bias = self._loc("bias") + self._scale("bias", ctx) * ctx.normal(
-                tf.concat([[s], tf.shape(self._loc("bias"))], 0), x.dtype)
-            return self._finish(sampling.add_per_copy(out, bias, s, self._channel_axis()), None)
-        return self._finish(out, self._loc("bias") if self._uses_bias() else None)
+        return self._finish(self._bias_per_copy(out, ctx, self._channel_axis()), None)
 
     def _sample_op(self, xs, kernels, bias, rows=(None, None)):
         """``[S, B, ...]`` outputs of S kernel draws ``{name: [S, ...]}`` (bias [S, ...] when

@@ -164,12 +164,6 @@ class _TFPLayer(BayesianLayer):
     def _activate(self, outputs):
         return self.activation(outputs) if self.activation is not None else outputs
 
-    def _bias_draws(self, ctx, num_samples, dtype, index=None):
-        """[S, units] draws of a Bayesian bias."""
-        loc = self._loc("bias")
-        eps = ctx.normal(tf.stack([num_samples, loc.shape[0]]), dtype, index)
-        return loc + self._scale("bias", ctx) * eps
-
 
 # ---------------------------------------------------------------------------------------------
 # Dense
@@ -327,28 +321,20 @@ class _ConvMixin(_TFPLayer):
             out = stacking.shared_stages(x, ctx, [("kernel", self._op)], {"kernel": loc},
                                          {"kernel": delta},
                                          lambda t, side: stacking.channel_sign_shape(t, axis))
-            if self._has_bias_noise():
-                out = sampling.add_per_copy(out, self._bias_draws(ctx, s, x.dtype), s, axis)
-            elif self.bias_posterior is not None:
-                out = self._add_bias(out, self._loc("bias"))
-            return self._activate(out)
-        shape = tf.shape(x)
-        xs = tf.reshape(x, tf.concat([[s, shape[0] // s], shape[1:]], 0))
-        kernels = loc + self._scale("kernel", ctx) * ctx.normal(
-            tf.concat([[s], tf.shape(loc)], 0), x.dtype)
+            return self._activate(self._bias_per_copy(out, ctx, axis))
+        kernels = self._draws("kernel", ctx, x.dtype)
         if self._has_bias_noise():
-            bias = self._bias_draws(ctx, s, x.dtype)  # [S, filters]
+            bias = self._draws("bias", ctx, x.dtype)  # [S, filters]
         else:
             bias = self._loc("bias") if self.bias_posterior is not None else None
 
         def finish(out, b):
             return self._activate(out if b is None else self._add_bias(out, b))
 
-        out = stacking.sample_stages(xs, [("kernel", self._op)], {"kernel": kernels}, bias,
-                                     finish, self._fold_axes(),
+        out = stacking.sample_stages(sampling.split_copies(x, s), [("kernel", self._op)],
+                                     {"kernel": kernels}, bias, finish, self._fold_axes(),
                                      self.data_format == "channels_last", ctx.rows)
-        out_shape = tf.shape(out)
-        return tf.reshape(out, tf.concat([[out_shape[0] * out_shape[1]], out_shape[2:]], 0))
+        return sampling.merge_copies(out)
 
     def get_config(self):
         config = self._config_base()

@@ -329,13 +329,9 @@ class BayesianRNN(BayesianLayer, tf_keras.layers.RNN):
         w_loc, r_loc, b_loc = self._locs()
         dtype, s = w_loc.dtype, ctx.num_samples
         index = ctx.next_index(), ctx.next_index(), ctx.next_index()
-
-        def draw(name, loc, i):
-            eps = ctx.normal(tf.concat([[s], tf.shape(loc)], 0), dtype, index[i])
-            return loc + self._scale(name, ctx) * eps
-
-        w, r = draw("kernel", w_loc, 0), draw("recurrent_kernel", r_loc, 1)
-        b = draw("bias", b_loc, 2) if self._has_bias_noise() else b_loc
+        w = self._draws("kernel", ctx, dtype, index[0])
+        r = self._draws("recurrent_kernel", ctx, dtype, index[1])
+        b = self._draws("bias", ctx, dtype, index[2]) if self._has_bias_noise() else b_loc
         return self._recur(_Draw(_Projection(w, num_samples=s), _Projection(r, num_samples=s),
                                  b, num_samples=s), inputs, **kwargs)
 

@@ -49,7 +49,8 @@ from tfp_bnn.options import Mode, Noise
 __all__ = ["Mode", "Noise", "Context", "StochasticLayer", "Gaussian", "mc_sampling", "current",
            "stochastic_layers", "is_stochastic", "output_space_threshold", "gaussian_matmul",
            "sample_outputs", "mean_outputs", "standard_normal", "few_rows", "shared_pays",
-           "shared_matmul", "add_per_copy", "SHARED_MAX_ROWS", "FRESH"]
+           "shared_matmul", "add_per_copy", "split_copies", "merge_copies", "SHARED_MAX_ROWS",
+           "FRESH"]
 
 _STATE = threading.local()
 
@@ -337,7 +338,7 @@ def add_per_copy(out, bias, num_samples, channel_axis=-1):
     """``out`` [S*B, ...] plus ``bias`` [S, *bias shape] (row block s gets bias s): the bias on
     the trailing axes (channels last, Dense, EinsumDense) or on ``channel_axis``."""
     rank = out.shape.rank
-    blocks = _split(out, num_samples)
+    blocks = split_copies(out, num_samples)
     dims = bias.shape[1:].as_list()
     if channel_axis % rank == rank - 1:
         lined = [-1] + [1] * (rank - len(dims)) + dims
@@ -515,12 +516,20 @@ def _inner_dims(t):
     return [d if d is not None else tf.shape(t)[i + 1] for i, d in enumerate(t.shape[1:])]
 
 
-def _split(y, num_samples):
-    """Sample-major ``y`` [S*B, ...] as [S, B, ...]."""
+def split_copies(y, num_samples):
+    """Sample-major ``y`` [S*B, ...] as [S, B, ...] (`merge_copies` undoes it)."""
     if y.shape.rank is not None:
         return tf.reshape(y, tf.stack([num_samples, -1] + _inner_dims(y)))
     shape = tf.shape(y)
     return tf.reshape(y, tf.concat([[num_samples, shape[0] // num_samples], shape[1:]], 0))
+
+
+def merge_copies(y):
+    """``y`` [S, B, ...] as the sample-major rows [S*B, ...] (`split_copies` undoes it)."""
+    if y.shape.rank is not None:
+        return tf.reshape(y, tf.stack([-1] + _inner_dims(y)[1:]))
+    shape = tf.shape(y)
+    return tf.reshape(y, tf.concat([[shape[0] * shape[1]], shape[2:]], 0))
 
 
 # More regimes would trace the model more times into one graph (a larger SavedModel).
@@ -574,7 +583,7 @@ def sample_outputs(model, inputs, num_samples, seed=None, variances=None, noise=
                 outputs = walk.call(inputs, num_samples, _tile)
             else:
                 outputs = model(tiled, training=False)
-        return tf.nest.map_structure(lambda t: _split(t, num_samples), outputs)
+        return tf.nest.map_structure(lambda t: split_copies(t, num_samples), outputs)
 
     first = tf.nest.flatten(inputs)[0]
     batch = first.shape[0]

@@ -24,7 +24,7 @@ References:
 """
 from tfp_bnn import posteriors as posteriors_lib
 from tfp_bnn import priors as priors_lib
-from tfp_bnn import options
+from tfp_bnn import options, sampling
 from tfp_bnn._keras import tf, tf_keras
 from tfp_bnn.bayesian import BayesianLayer, register
 
@@ -89,13 +89,9 @@ class UnitScale(BayesianLayer, tf_keras.layers.Layer):
     def sample_call(self, inputs, ctx, **kwargs):
         """Copy s of the batch (sample-major rows) is scaled by the s-th draw of z."""
         x = tf.convert_to_tensor(inputs, dtype=self.dtype)
-        loc = self._loc("scale")
-        s = ctx.num_samples
-        z = loc + self._scale("scale", ctx) * ctx.normal(tf.stack([s, loc.shape[0]]), x.dtype)
-        shape = tf.shape(x)
-        xs = tf.reshape(x, tf.concat([[s, shape[0] // s], shape[1:]], 0))
-        out = xs * self._broadcast(z[:, tf.newaxis], x.shape.rank + 1)
-        return tf.reshape(out, shape)
+        z = self._draws("scale", ctx, x.dtype)  # [S, C]
+        xs = sampling.split_copies(x, ctx.num_samples)
+        return sampling.merge_copies(xs * self._broadcast(z[:, tf.newaxis], x.shape.rank + 1))
 
     def compute_output_shape(self, input_shape):
         return input_shape
