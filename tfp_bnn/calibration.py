@@ -56,7 +56,8 @@ from tfp_bnn._keras import tf, tfp
 from tfp_bnn.options import Calibration, CalibrationTarget, Task
 from tfp_bnn.predict import predict as mc_predict
 
-__all__ = ["Calibrated", "calibrate", "temperature_scale", "vector_scale", "TEMPERATURE_RANGE"]
+__all__ = ["Calibrated", "calibrate", "temperature_scale", "vector_scale", "saved_task",
+           "TEMPERATURE_RANGE"]
 
 # T is searched on a log scale in this range: wider than any calibrated digits/Iris model needs
 # (T = 0.3 .. 3), and a fitted T on its edge says the validation set cannot pin it down.
@@ -178,7 +179,7 @@ class Calibrated:
                              f"config of type {type(config).__name__}")
         method = options.choice("calibration", config.get("calibration"), Calibration,
                                 what="calibration method")
-        resolved = _saved_task(model, options.choice("task", config.get("task"), Task))
+        resolved = saved_task(model, options.choice("task", config.get("task"), Task))
         needed = {Calibration.TEMPERATURE: ("temperature",),
                   Calibration.VECTOR: ("weights", "bias"),
                   Calibration.VARIANCE: ("variance_scale",)}[method]
@@ -206,8 +207,10 @@ class Calibrated:
         return f"Calibrated({fitted})"
 
 
-def _saved_task(model, task):
-    """``task``, the one saved values were fitted for, checked against ``model``'s own task."""
+def saved_task(model, task):
+    """``task``, the one saved post-hoc values were fitted for, checked against ``model``'s own
+    task (`Calibrated.from_config`, `tfp_bnn.conformal.Conformal.from_config`); a ValueError
+    naming both when they differ."""
     predictive = methods.predictive_model(model, "model")
     own = tasks.infer(predictive)
     if own is not None and own is not task:

@@ -308,7 +308,7 @@ class Conformal:
         score = options.choice("conformal", config.get("conformal"), ConformalScore,
                                what="conformal score")
         task = options.choice("task", config.get("task"), Task)
-        resolved = (calibration._saved_task(model, task) if inner is None and saved is None
+        resolved = (calibration.saved_task(model, task) if inner is None and saved is None
                     else model.task)
         if resolved is not task:
             raise ValueError(f"config is for task {task.value!r}; the model's task is "

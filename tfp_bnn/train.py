@@ -334,7 +334,7 @@ def _evaluate(pred, y, y_scaling):
                 "mean_predictive_entropy": float(pred.predictive_entropy.mean()),
                 "mean_aleatoric": float(pred.expected_entropy.mean()),
                 "mean_epistemic": float(pred.mutual_information.mean())}
-    mean, alea, epi = _unscale(pred, y_scaling)
+    mean, alea, epi, _, _ = _unscale(pred, y_scaling)
     y = np.asarray(y, np.float64) * y_scaling["std"] + y_scaling["mean"]
     return {"test_rmse": metrics_lib.rmse(mean, y),
             "test_nll": metrics_lib.gaussian_nll(mean, alea + epi, y),
@@ -366,9 +366,7 @@ def _fit_posthoc(model, parts, config, y_scaling):
                                                                 parts.y_test),
                    test_mean_set_size=metrics_lib.set_size(pred.prediction_sets))
         return conf, out
-    mean, alea, epi = _unscale(pred, y_scaling)
-    lower, upper = (_unscale_values(v, y_scaling) for v in (pred.interval_lower,
-                                                           pred.interval_upper))
+    mean, alea, epi, lower, upper = _unscale(pred, y_scaling)
     y = np.asarray(parts.y_test, np.float64) * y_scaling["std"] + y_scaling["mean"]
     out.update(test_nll_calibrated=metrics_lib.gaussian_nll(mean, alea + epi, y),
                test_coverage=metrics_lib.picp(lower, upper, y),
@@ -383,14 +381,15 @@ def _unscale_values(values, y_scaling):
 
 
 def _unscale(pred, y_scaling):
-    """Mean and variances of a regression `Prediction` in the target's original units."""
+    """(mean, aleatoric variance, epistemic variance, interval lower, interval upper) of a
+    regression `Prediction` in the target's original units; the interval ends are None
+    without conformal intervals."""
     mean = _unscale_values(pred.mean, y_scaling)
-    alea = pred.aleatoric_variance.astype(np.float64)
-    epi = pred.epistemic_variance.astype(np.float64)
-    if y_scaling is None:
-        return mean, alea, epi
-    s2 = y_scaling["std"] ** 2
-    return mean, alea * s2, epi * s2
+    ends = [None if v is None else _unscale_values(v, y_scaling)
+            for v in (pred.interval_lower, pred.interval_upper)]
+    s2 = 1.0 if y_scaling is None else y_scaling["std"] ** 2
+    return (mean, pred.aleatoric_variance.astype(np.float64) * s2,
+            pred.epistemic_variance.astype(np.float64) * s2, *ends)
 
 
 def _write_json(path, obj):
@@ -593,10 +592,8 @@ def predict_csv(model_path, csv, out, num_samples=100, seed=None, overwrite=Fals
                 except (TypeError, ValueError):
                     raise ValueError(f"Target column {target!r} in {os.fspath(csv)!r} is not "
                                      "numeric") from None
-            mean, alea, epi = _unscale(pred, y_scaling)
-            bounds = ({} if alpha is None else {
-                "interval_lower": _unscale_values(pred.interval_lower, y_scaling),
-                "interval_upper": _unscale_values(pred.interval_upper, y_scaling)})
+            mean, alea, epi, lower, upper = _unscale(pred, y_scaling)
+            bounds = {} if alpha is None else {"interval_lower": lower, "interval_upper": upper}
             reports.write_regression_csv(stage.path, labels, mean, alea, epi, **bounds)
             if log is not None and bounds and labels is not None:
                 log(f"{1 - alpha:.0%} intervals: coverage "
