@@ -35,6 +35,7 @@ Example:
     >>> new_model.output_shape
     (None, 6)
 """
+import functools
 import inspect
 import sys
 from typing import Callable, NamedTuple, Optional
@@ -182,13 +183,15 @@ def to_tf_keras_config(obj):
     return obj
 
 
+@functools.lru_cache(maxsize=None)
 def _accepted_kwargs(cls, base=True):
+    # Cached per class: the signature walk ran for every initializer of every layer rebuilt.
     names = set()
     for klass in cls.__mro__:
         if "__init__" in klass.__dict__:
             params = inspect.signature(klass.__dict__["__init__"]).parameters
             names |= {p for p in params if p not in ("self", "args", "kwargs")}
-    return names | _BASE_KWARGS if base else names
+    return frozenset(names | _BASE_KWARGS if base else names)
 
 
 def _new_layer(layer):
