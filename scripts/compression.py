@@ -84,7 +84,7 @@ ARCHS = {"MLP 64-300-100-10": (mlp, "local_reparameterization"),
 SCHEDULE_FIELDS = ("lr", "warmup", "epochs", "hold", "decay", "temperature")
 SCHEDULES = {
     ("mlp", "sparse"): dict(lr=1e-3, warmup=100, epochs=100, hold=0, decay=1.0, temperature=0.2),
-    ("mlp", "group"): dict(lr=3e-3, warmup=20, epochs=130, hold=80, decay=0.1, temperature=1.0),
+    ("mlp", "group"): dict(lr=3e-3, warmup=20, epochs=170, hold=120, decay=0.1, temperature=0.3),
     ("cnn", "sparse"): dict(lr=1e-3, warmup=100, epochs=100, hold=0, decay=1.0, temperature=1.0),
     ("cnn", "group"): dict(lr=3e-3, warmup=20, epochs=100, hold=0, decay=1.0, temperature=1.0),
 }
