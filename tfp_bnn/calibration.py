@@ -291,8 +291,8 @@ def _check_wrappable(model, name="model"):
 def _targets(y, pred, name):
     """Validation targets checked against the predictions: class indices or [N, D] values."""
     if pred.is_classification:
-        return metrics._check_labels(y, len(pred.probabilities), pred.probabilities.shape[1],
-                                     name=name)
+        return metrics.check_labels(y, len(pred.probabilities), pred.probabilities.shape[1],
+                                    name=name)
     t = np.asarray(y, dtype=np.float64)
     if t.size != pred.mean.size:
         raise ValueError(f"{name} must hold one target per output: {pred.mean.shape} for these "

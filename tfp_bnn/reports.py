@@ -38,7 +38,7 @@ import csv
 
 import numpy as np
 
-from tfp_bnn.metrics import _check_labels, _check_probabilities
+from tfp_bnn.metrics import check_labels, check_probabilities
 
 __all__ = ["write_uncertainty_csv", "write_regression_csv"]
 
@@ -80,9 +80,9 @@ def write_uncertainty_csv(path, labels, probabilities, predictive_entropy, aleat
         >>> write_uncertainty_csv("out.csv", None, probs, h, h, np.zeros(2))
         'out.csv'
     """
-    p = _check_probabilities(probabilities)
+    p = check_probabilities(probabilities)
     n, num_classes = p.shape
-    y = None if labels is None else _check_labels(labels, n, num_classes)
+    y = None if labels is None else check_labels(labels, n, num_classes)
     columns = [_column(v, name, n) for v, name in ((predictive_entropy, "predictive_entropy"),
                                                    (aleatoric, "aleatoric"), (epistemic, "epistemic"))]
     if class_names is None:
