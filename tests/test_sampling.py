@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import tfp_bnn
-from tfp_bnn import options, posteriors, sampling
+from tfp_bnn import matmuls, options, posteriors, sampling
 from tfp_bnn._keras import tf, tf_keras
 
 PREDICT = importlib.import_module("tfp_bnn.predict")  # the module (tfp_bnn.predict is the function)
@@ -190,15 +190,15 @@ def _gaussian_layer():
 def test_gaussian_matmul_moments_in_both_spaces(path):
     loc, scale, b_loc, b_scale = _gaussian_layer()
     x = np.random.default_rng(2).normal(size=(3, IN)).astype(np.float32)
-    threshold = sampling.output_space_threshold(IN, OUT)
+    threshold = matmuls.output_space_threshold(IN, OUT)
     rows = (0, threshold) if path == "output" else (threshold, None)
 
     @tf.function(input_signature=[tf.TensorSpec([None, IN])])
     def run(tiled):
         with sampling.mc_sampling(S, seed=tf.constant([5, 6], tf.int64), rows=rows) as ctx:
-            kernel = sampling.Gaussian(tf.constant(loc), lambda: tf.constant(scale))
-            bias = sampling.Gaussian(tf.constant(b_loc), lambda: tf.constant(b_scale))
-            return sampling.gaussian_matmul(tiled, ctx, kernel, bias)
+            kernel = matmuls.Gaussian(tf.constant(loc), lambda: tf.constant(scale))
+            bias = matmuls.Gaussian(tf.constant(b_loc), lambda: tf.constant(b_scale))
+            return matmuls.gaussian_matmul(tiled, ctx, kernel, bias)
 
     graph_ops = {op.type for op in run.get_concrete_function().graph.get_operations()}
     assert ("BatchMatMulV2" in graph_ops) == (path == "weight")
@@ -218,7 +218,7 @@ def test_gaussian_matmul_moments_in_both_spaces(path):
 
 def test_output_space_threshold_cost_model():
     # Narrow layers switch near their input width, wide ones far below it.
-    assert sampling.output_space_threshold(4, 64) == 5
-    assert sampling.output_space_threshold(64, 64) == 38
-    assert sampling.output_space_threshold(784, 128) < 784 / 4
-    assert sampling.output_space_threshold(1, 1) >= 1
+    assert matmuls.output_space_threshold(4, 64) == 5
+    assert matmuls.output_space_threshold(64, 64) == 38
+    assert matmuls.output_space_threshold(784, 128) < 784 / 4
+    assert matmuls.output_space_threshold(1, 1) >= 1

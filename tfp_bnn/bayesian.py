@@ -30,7 +30,7 @@ References:
 """
 import numpy as np
 
-from tfp_bnn import options
+from tfp_bnn import matmuls, options
 from tfp_bnn import posteriors as posteriors_lib
 from tfp_bnn import priors as priors_lib
 from tfp_bnn import sampling
@@ -179,8 +179,8 @@ class BayesianLayer(sampling.StochasticLayer):
         return out
 
     def _gaussian(self, name, ctx):
-        """`sampling.Gaussian` of one tensor: sigma and sigma^2 built only where used."""
-        return sampling.Gaussian(self._loc(name), lambda: self._scale(name, ctx),
+        """`matmuls.Gaussian` of one tensor: sigma and sigma^2 built only where used."""
+        return matmuls.Gaussian(self._loc(name), lambda: self._scale(name, ctx),
                                  lambda: self._variance(name, ctx))
 
     def _posterior(self, name):

@@ -27,7 +27,7 @@ string variable ``task`` (``tf.saved_model.load(path).task.numpy()``; also a var
 ``task`` in the graph that TF Serving's loader restores).
 
 ``noise="shared"`` (opt-in) exports sampling signatures that draw one weight perturbation per
-request and decorrelate the S copies by Flipout sign flips (`tfp_bnn.sampling.shared_matmul`,
+request and decorrelate the S copies by Flipout sign flips (`tfp_bnn.matmuls.shared_matmul`,
 `tfp_bnn.stacking.shared_stages`): S x fewer random numbers in the convolutions and
 weight-space matmuls, at the price of pseudo-independent copies (their effective sample size is
 measured in BENCHMARKS.md); the default draws S independent weight sets. The mode is saved as
@@ -272,7 +272,7 @@ def export_savedmodel(model, export_dir, num_samples=10, version=None, overwrite
         noise: "exact" (default: S independent posterior draws per request) or "shared"
             (opt-in: one weight perturbation per request, decorrelated per copy by Flipout
             sign flips; fewer random numbers, pseudo-independent copies: see
-            `tfp_bnn.sampling.shared_matmul` and BENCHMARKS.md for the effective sample size
+            `tfp_bnn.matmuls.shared_matmul` and BENCHMARKS.md for the effective sample size
             of its variance). Saved with the export as the string variable ``noise``.
 
     Returns:

@@ -18,7 +18,7 @@ What differs from the TFP parents comes from the one Bayesian base, `tfp_bnn.bay
   one sign draw per Flipout layer (BENCHMARKS.md, "Training step");
 * inside `tfp_bnn.sampling.mc_sampling` the layer draws S independent weight sets in one
   batched computation (used by `tfp_bnn.predict` and the SavedModel export): a Dense layer
-  through `tfp_bnn.sampling.gaussian_matmul`, a convolution as one grouped convolution over
+  through `tfp_bnn.matmuls.gaussian_matmul`, a convolution as one grouped convolution over
   the S draws (`tfp_bnn.stacking`).
 
 Example:
@@ -26,7 +26,7 @@ Example:
     >>> layer(tf.ones((2, 4))).shape
     TensorShape([2, 64])
 """
-from tfp_bnn import bayesian, options
+from tfp_bnn import bayesian, matmuls, options
 from tfp_bnn import posteriors as posteriors_lib
 from tfp_bnn import sampling, stacking
 from tfp_bnn._keras import tf, tf_keras, tfp
@@ -201,18 +201,18 @@ class _DenseMixin(_TFPLayer):
     def _mc_forward(self, x, ctx):
         """S samples of ``x W + b`` for sample-major rows ``x``: [S*B, in] or [S*B, ..., in].
 
-        `sampling.gaussian_matmul` takes weight space (S kernel draws, one batched matmul) or
+        `matmuls.gaussian_matmul` takes weight space (S kernel draws, one batched matmul) or
         output space (local reparameterisation), whichever is cheaper for B rows per sample.
         """
         bias = None
         if self.bias_posterior is not None:
             bias = self._gaussian("bias", ctx) if self._has_bias_noise() else self._loc("bias")
-        return self._activate(sampling.gaussian_matmul(x, ctx, self._gaussian("kernel", ctx),
+        return self._activate(matmuls.gaussian_matmul(x, ctx, self._gaussian("kernel", ctx),
                                                        bias))
 
     def mc_rows_threshold(self):
-        """B from which weight space is cheaper (`sampling.output_space_threshold`)."""
-        return sampling.output_space_threshold(self.kernel_posterior.distribution.loc.shape[0],
+        """B from which weight space is cheaper (`matmuls.output_space_threshold`)."""
+        return matmuls.output_space_threshold(self.kernel_posterior.distribution.loc.shape[0],
                                                self.units)
 
     def get_config(self):

@@ -20,8 +20,8 @@ DenseReparameterization layer draws one kernel per call, so all S copies would s
 
 A layer declares what `sample_outputs` needs to know through the protocol, never through
 ad-hoc attributes: `StochasticLayer.mc_single_trace` and `StochasticLayer.mc_rows_threshold`.
-Every Gaussian matmul (VI Dense, SWAG) samples through `gaussian_matmul`, which makes the one
-output-space / weight-space choice.
+Every Gaussian matmul (VI Dense, SWAG, Laplace) samples through
+`tfp_bnn.matmuls.gaussian_matmul`, which makes the one output-space / weight-space choice.
 
 Example:
     >>> model = tfp_bnn.bayesify(tf_keras.Sequential([tf_keras.Input((2,)),
@@ -46,11 +46,10 @@ from tfp_bnn import copies, options
 from tfp_bnn._keras import tf
 from tfp_bnn.options import Mode, Noise
 
-__all__ = ["Mode", "Noise", "Context", "StochasticLayer", "Gaussian", "mc_sampling", "current",
-           "stochastic_layers", "is_stochastic", "output_space_threshold", "gaussian_matmul",
-           "sample_outputs", "mean_outputs", "standard_normal", "few_rows", "shared_pays",
-           "shared_matmul", "add_per_copy", "split_copies", "merge_copies", "SHARED_MAX_ROWS",
-           "FRESH"]
+__all__ = ["Mode", "Noise", "Context", "StochasticLayer", "mc_sampling", "current",
+           "stochastic_layers", "is_stochastic", "sample_outputs", "mean_outputs",
+           "standard_normal", "few_rows", "shared_pays", "add_per_copy", "split_copies",
+           "merge_copies", "SHARED_MAX_ROWS", "FRESH"]
 
 _STATE = threading.local()
 
@@ -294,212 +293,6 @@ def is_stochastic(model):
 
 
 # ---------------------------------------------------------------------------------------------
-# Gaussian matmuls: output space or weight space
-# ---------------------------------------------------------------------------------------------
-# CPU cost of one standard-normal draw and of one multiply-add, in elementwise-op units
-# (measured with TF 2.21 on 2 cores: ~10 ns per normal, ~1 ns per element, ~0.15 ns per MAC).
-_NORMAL_COST, _MAC_COST = 10.0, 0.15
-
-
-def output_space_threshold(in_dim, out_dim):
-    """Rows per sample B from which weight space is cheaper than output space.
-
-    Per sample, output space costs B*out normals, B*in squares and 2*B*in*out multiply-adds;
-    weight space in*out normals, 2*in*out elementwise ops to build the kernel and B*in*out
-    multiply-adds. They cost the same at
-
-        B* = in*out*(c_normal + 2) / (c_normal*out + in + c_mac*in*out)
-
-    (B* is about ``in`` for narrow layers, far below it for wide ones such as a Dense on a
-    flattened image, where the squares and the second matmul dominate).
-    """
-    cost_per_row = _NORMAL_COST * out_dim + in_dim + _MAC_COST * in_dim * out_dim
-    return max(1, math.ceil(in_dim * out_dim * (_NORMAL_COST + 2) / cost_per_row))
-
-
-class Gaussian:
-    """A weight tensor ``W_s = loc + shift_s + scale * E``, ``E ~ N(0, I)`` per sample s.
-
-    Args:
-        loc: the mean, [in, out] (a kernel) or [out] (a bias).
-        scale: a callable returning sigma (same shape as ``loc``), or None (no noise).
-        variance: a callable returning sigma^2; defaults to ``scale()^2``. Callables, so that
-            a graph builds only the one the chosen code path uses.
-        shift: an optional per-sample offset [S, *loc.shape] (SWAG's low-rank term).
-    """
-
-    def __init__(self, loc, scale=None, variance=None, shift=None):
-        self.loc, self.shift = loc, shift
-        self.scale = scale
-        self.variance = variance or (lambda: tf.square(scale()))
-
-
-def add_per_copy(out, bias, num_samples, channel_axis=-1):
-    """``out`` [S*B, ...] plus ``bias`` [S, *bias shape] (row block s gets bias s): the bias on
-    the trailing axes (channels last, Dense, EinsumDense) or on ``channel_axis``."""
-    rank = out.shape.rank
-    blocks = split_copies(out, num_samples)
-    dims = bias.shape[1:].as_list()
-    if channel_axis % rank == rank - 1:
-        lined = [-1] + [1] * (rank - len(dims)) + dims
-    else:
-        lined = [-1] + [1] * rank
-        lined[channel_axis % rank + 1] = dims[0]
-    return tf.reshape(blocks + tf.reshape(bias, lined), tf.stack([-1] + _inner_dims(out)))
-
-
-def gaussian_matmul(x, ctx, kernel, bias=None):
-    """S samples of ``x W_s + b_s`` for the sample-major rows of ``x``: [S*B, in] -> [S*B, out].
-
-    Two exact ways, chosen by cost (`output_space_threshold`) for rank-2 ``x``:
-
-        weight space:  W_s = loc + shift_s + sigma * E_s, one [in, out] draw per sample
-        output space:  x W_s ~ N(x (loc + shift_s), x^2 sigma^2 + sigma_b^2) per row (local
-                       reparameterisation: every example its own draw, examples independent)
-
-    The choice is static when ``x``'s batch or ``ctx.rows`` settle it, else a tf.cond. Rank > 2
-    (``[S*B, ..., in]``) always takes weight space: the positions of one example share a kernel.
-    The draw indices are reserved before the choice, so a seeded result does not depend on the
-    path a trace took.
-
-    Args:
-        x: sample-major inputs.
-        ctx: the active `Context` (SAMPLE mode).
-        kernel: `Gaussian` [in, out].
-        bias: None, a deterministic [out] tensor, or a `Gaussian` [out].
-
-    Returns:
-        The pre-activations ``[S*B, ..., out]``.
-    """
-    index = ctx.next_index(), ctx.next_index(), ctx.next_index()
-    if x.shape.rank != 2:
-        return _weight_space(x, ctx, kernel, bias, index)
-    in_dim, out_dim = kernel.loc.shape
-    s = ctx.num_samples
-    lo, hi = ctx.rows
-    rows, s_static = x.shape[0], s if isinstance(s, int) else tf.get_static_value(s)
-    if rows is not None and s_static is not None:  # eager, or a fully static graph
-        lo, hi = rows // s_static, rows // s_static + 1
-    threshold = output_space_threshold(in_dim, out_dim)
-    if hi is not None and hi <= threshold:
-        return _output_space(x, ctx, kernel, bias, index)
-    if lo is not None and lo >= threshold:
-        return _weight_space(x, ctx, kernel, bias, index)
-    return tf.cond(tf.shape(x)[0] < s * threshold,
-                   lambda: _output_space(x, ctx, kernel, bias, index),
-                   lambda: _weight_space(x, ctx, kernel, bias, index))
-
-
-def _output_space(x, ctx, kernel, bias, index):
-    s = ctx.num_samples
-    mean = tf.matmul(x, kernel.loc)
-    if kernel.shift is not None:
-        in_dim, out_dim = kernel.loc.shape
-        mean += tf.reshape(tf.matmul(tf.reshape(x, tf.stack([s, -1, in_dim])), kernel.shift),
-                           [-1, out_dim])
-    var = tf.matmul(tf.square(x), kernel.variance())
-    noisy_bias = isinstance(bias, Gaussian) and bias.scale is not None
-    if noisy_bias:
-        var = tf.nn.bias_add(var, bias.variance())
-    out = mean + tf.sqrt(var) * ctx.normal(tf.shape(mean), x.dtype, index[0], large=False)
-    # The bias comes last, as a BiasAdd after the noise: MatMul + BiasAdd + AddV2 + Relu is a
-    # pattern Grappler's remapper fuses into a node it cannot build on CPU (TF 2.21: "Node ...
-    # has an empty op name", and the whole function goes unoptimised).
-    if isinstance(bias, Gaussian):
-        out = tf.nn.bias_add(out, bias.loc)
-        if bias.shift is not None:
-            out = add_per_copy(out, bias.shift, s)
-    elif bias is not None:
-        out = tf.nn.bias_add(out, bias)
-    return out
-
-
-def _weight_space(x, ctx, kernel, bias, index):
-    if ctx.noise is Noise.SHARED and kernel.shift is None and shared_pays(x, ctx):
-        return shared_matmul(x, ctx, kernel, bias, index)
-    s = ctx.num_samples
-    in_dim, out_dim = kernel.loc.shape
-    w = kernel.loc + kernel.scale() * ctx.normal([s, in_dim, out_dim], x.dtype, index[1])
-    if kernel.shift is not None:
-        w += kernel.shift
-    out = tf.matmul(tf.reshape(x, tf.stack([s, -1, in_dim])), w)  # [S, M, out]
-    if isinstance(bias, Gaussian):
-        b = bias.loc
-        if bias.scale is not None:
-            b = b + bias.scale() * ctx.normal(tf.stack([s, out_dim]), x.dtype, index[2])
-        if bias.shift is not None:
-            b = b + bias.shift
-        out += b[:, tf.newaxis, :] if b.shape.rank == 2 else b
-    # Back to sample-major rows: [S*B, out], or [S*B, ..., out] for higher rank.
-    lead = ([-1] if x.shape.rank == 2 else
-            [d if d is not None else tf.shape(x)[i] for i, d in enumerate(x.shape[:-1])])
-    out = tf.reshape(out, tf.stack(lead + [out_dim]) if len(lead) > 1 else [-1, out_dim])
-    if bias is not None and not isinstance(bias, Gaussian):
-        out = tf.nn.bias_add(out, bias)
-    return out
-
-
-# Rows per copy up to which `Noise.SHARED` is cheaper than exact draws (see `shared_pays`).
-SHARED_MAX_ROWS = 16
-
-
-def shared_pays(x, ctx):
-    """Whether `Noise.SHARED` is cheaper than exact draws for the sample-major rows ``x``.
-
-    Shared noise runs a layer's op twice over all S*B rows (mean and flipped perturbation)
-    where exact draws run it once per draw over B rows, and saves (S - 1) x K normals: that pays
-    for small batches only. Measured (served graphs, 2 CPU cores, S = 10): the 4-64-64-3 MLP at
-    B = 256 took 6.8 ms shared against 2.1 ms exact. So at most `SHARED_MAX_ROWS` rows per copy,
-    known at trace time (static shapes, or the regime bounds ``ctx.rows``); else exact draws.
-    """
-    s = ctx.num_samples if isinstance(ctx.num_samples, int) else tf.get_static_value(
-        ctx.num_samples)
-    per_copy = x.shape[0] // s if x.shape[0] is not None and s is not None else None
-    return few_rows(per_copy, ctx.rows, SHARED_MAX_ROWS)
-
-
-def few_rows(per_copy, rows, bound):
-    """Whether B <= ``bound`` rows per copy is known at trace time: from the static rows per
-    copy ``per_copy`` (None: unknown), else from the regime bounds ``rows`` (lo <= B < hi)."""
-    if per_copy is not None:
-        return per_copy <= bound
-    return rows[1] is not None and rows[1] - 1 <= bound
-
-
-def shared_matmul(x, ctx, kernel, bias, index):
-    """`Noise.SHARED`: one kernel perturbation for all S*B rows, sign-flipped per row (Flipout).
-
-        y_r = x_r mu + ((x_r * a_r) (sigma * E)) * b_r,   E ~ N(0, I) [in, out] once per pass,
-        a_r in {-1, 1}^in, b_r in {-1, 1}^out per row r (per example of a [S*B, ..., in] input)
-
-    Row r uses the kernel ``mu + sigma * E * a_r b_r^T``, an exact posterior draw for any fixed
-    signs (Wen et al. 2018); the copies are pseudo-independent: uncorrelated pre-activations,
-    but one E. Costs in*out normals instead of S*in*out. A Bayesian bias keeps S exact draws.
-    """
-    in_dim, out_dim = kernel.loc.shape
-    delta = kernel.scale() * ctx.normal([in_dim, out_dim], x.dtype, index[1])
-    sign_shape = tf.concat([tf.shape(x)[:1], [1] * (x.shape.rank - 2), [in_dim + out_dim]], 0)
-    signs_in, signs_out = tf.split(ctx.rademacher(sign_shape, x.dtype, index[1]),
-                                   [in_dim, out_dim], axis=-1)
-    out = _matmul(x, kernel.loc) + _matmul(x * signs_in, delta) * signs_out
-    if isinstance(bias, Gaussian):
-        s = ctx.num_samples
-        b = bias.loc
-        if bias.scale is not None:
-            b = b + bias.scale() * ctx.normal(tf.stack([s, out_dim]), x.dtype, index[2])
-            out = add_per_copy(out, b, s)
-        else:
-            out = tf.nn.bias_add(out, b)
-    elif bias is not None:
-        out = tf.nn.bias_add(out, bias)
-    return out
-
-
-def _matmul(x, w):
-    return tf.matmul(x, w) if x.shape.rank == 2 else tf.tensordot(x, w, [[x.shape.rank - 1], [0]])
-
-
-# ---------------------------------------------------------------------------------------------
 # Whole-model sampling
 # ---------------------------------------------------------------------------------------------
 def _tile(x, num_samples):
@@ -530,6 +323,47 @@ def merge_copies(y):
         return tf.reshape(y, tf.stack([-1] + _inner_dims(y)[1:]))
     shape = tf.shape(y)
     return tf.reshape(y, tf.concat([[shape[0] * shape[1]], shape[2:]], 0))
+
+
+def add_per_copy(out, bias, num_samples, channel_axis=-1):
+    """``out`` [S*B, ...] plus ``bias`` [S, *bias shape] (row block s gets bias s): the bias on
+    the trailing axes (channels last, Dense, EinsumDense) or on ``channel_axis``."""
+    rank = out.shape.rank
+    blocks = split_copies(out, num_samples)
+    dims = bias.shape[1:].as_list()
+    if channel_axis % rank == rank - 1:
+        lined = [-1] + [1] * (rank - len(dims)) + dims
+    else:
+        lined = [-1] + [1] * rank
+        lined[channel_axis % rank + 1] = dims[0]
+    return tf.reshape(blocks + tf.reshape(bias, lined), tf.stack([-1] + _inner_dims(out)))
+
+
+def few_rows(per_copy, rows, bound):
+    """Whether B <= ``bound`` rows per copy is known at trace time: from the static rows per
+    copy ``per_copy`` (None: unknown), else from the regime bounds ``rows`` (lo <= B < hi)."""
+    if per_copy is not None:
+        return per_copy <= bound
+    return rows[1] is not None and rows[1] - 1 <= bound
+
+
+# Rows per copy up to which `Noise.SHARED` is cheaper than exact draws (see `shared_pays`).
+SHARED_MAX_ROWS = 16
+
+
+def shared_pays(x, ctx):
+    """Whether `Noise.SHARED` is cheaper than exact draws for the sample-major rows ``x``.
+
+    Shared noise runs a layer's op twice over all S*B rows (mean and flipped perturbation)
+    where exact draws run it once per draw over B rows, and saves (S - 1) x K normals: that pays
+    for small batches only. Measured (served graphs, 2 CPU cores, S = 10): the 4-64-64-3 MLP at
+    B = 256 took 6.8 ms shared against 2.1 ms exact. So at most `SHARED_MAX_ROWS` rows per copy,
+    known at trace time (static shapes, or the regime bounds ``ctx.rows``); else exact draws.
+    """
+    s = ctx.num_samples if isinstance(ctx.num_samples, int) else tf.get_static_value(
+        ctx.num_samples)
+    per_copy = x.shape[0] // s if x.shape[0] is not None and s is not None else None
+    return few_rows(per_copy, ctx.rows, SHARED_MAX_ROWS)
 
 
 # More regimes would trace the model more times into one graph (a larger SavedModel).

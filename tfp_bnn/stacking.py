@@ -34,7 +34,7 @@ kernel for all S*B rows and flips it per row with Flipout signs (Wen et al. 2018
 
     h' = f(h, mu) + f(h * a_r, sigma * E) * b_r,   a_r, b_r in {-1, 1}^channels per row r
 
-(K normals instead of S x K; the copies pseudo-independent, see `tfp_bnn.sampling.shared_matmul`).
+(K normals instead of S x K; the copies pseudo-independent, see `tfp_bnn.matmuls.shared_matmul`).
 
 Example:
     >>> xs = tf.random.normal([3, 2, 5, 5, 4])                     # S=3 copies of B=2

@@ -63,7 +63,7 @@ import math
 
 import numpy as np
 
-from tfp_bnn import metrics, options, replay, sampling, search, tasks
+from tfp_bnn import matmuls, metrics, options, replay, sampling, search, tasks
 from tfp_bnn._keras import tf, tf_keras
 from tfp_bnn.baselines.hessians import STRUCTURES
 from tfp_bnn.options import Hessian, Likelihood, Subset, Task
@@ -86,7 +86,7 @@ class LaplaceDense(sampling.StochasticLayer, tf_keras.layers.Layer):
         kron:  delta_W = Q_A (Z * inv_sqrt) Q_G^T       (eigenvectors of A and G)
         full:  vec(delta_W) = T z,  T = L^-T, L L^T = H + delta I
 
-    A diagonal posterior is mean-field Gaussian: it samples through `sampling.gaussian_matmul`
+    A diagonal posterior is mean-field Gaussian: it samples through `matmuls.gaussian_matmul`
     (output space when that is cheaper, as the VI Dense layers do); the others in weight space.
     With ``sigma`` set (regression) the output is ``[f, sigma]``: a Gaussian head.
     All weights are non-trainable and set by `Laplace.as_model`.
@@ -142,8 +142,8 @@ class LaplaceDense(sampling.StochasticLayer, tf_keras.layers.Layer):
         phi = self._features(inputs)
         if self.hessian == "diag":
             std = self.std
-            return self._head(sampling.gaussian_matmul(
-                phi, ctx, sampling.Gaussian(tf.convert_to_tensor(self.mean),
+            return self._head(matmuls.gaussian_matmul(
+                phi, ctx, matmuls.Gaussian(tf.convert_to_tensor(self.mean),
                                             lambda: tf.convert_to_tensor(std))))
         s = tf.cast(ctx.num_samples, tf.int32)
         shape = tf.concat([[s], tf.shape(self.mean)], 0)
@@ -156,7 +156,7 @@ class LaplaceDense(sampling.StochasticLayer, tf_keras.layers.Layer):
     def mc_rows_threshold(self):
         if self.hessian != "diag":
             return None
-        return sampling.output_space_threshold(*self.mean.shape)
+        return matmuls.output_space_threshold(*self.mean.shape)
 
     def compute_output_shape(self, input_shape):
         width = self.units * (2 if self.sigma is not None else 1)

@@ -51,7 +51,7 @@ import math
 
 import numpy as np
 
-from tfp_bnn import options, replay, sampling, tasks
+from tfp_bnn import matmuls, options, replay, sampling, tasks
 from tfp_bnn._keras import tf, tf_keras
 from tfp_bnn.baselines.ensemble import ensemble_model
 
@@ -105,7 +105,7 @@ class SWAGDense(sampling.StochasticLayer, tf_keras.layers.Layer):
         out = h W_s + b_s
 
     ``z2`` comes from `SWAGNoise` (shared by all layers of one sample). Given ``z2`` the weights
-    are a mean-field Gaussian around a per-sample mean, sampled by `sampling.gaussian_matmul`
+    are a mean-field Gaussian around a per-sample mean, sampled by `matmuls.gaussian_matmul`
     as the tfp_bnn Bayesian layers are: in weight space, or in output space by local
     reparameterisation (exact per-example samples), whichever is cheaper. All weights are
     non-trainable statistics set by `SWAG.as_model`.
@@ -149,18 +149,18 @@ class SWAGDense(sampling.StochasticLayer, tf_keras.layers.Layer):
             if self.use_bias:
                 bias_shift = self.c2 * tf.einsum("sk,ko->so", z_s, self.bias_dev)
         c1 = self.c1
-        kernel = sampling.Gaussian(tf.convert_to_tensor(self.kernel_mean),
+        kernel = matmuls.Gaussian(tf.convert_to_tensor(self.kernel_mean),
                                    lambda: c1 * tf.convert_to_tensor(self.kernel_std),
                                    shift=kernel_shift)
         bias = None
         if self.use_bias:
-            bias = sampling.Gaussian(tf.convert_to_tensor(self.bias_mean),
+            bias = matmuls.Gaussian(tf.convert_to_tensor(self.bias_mean),
                                      lambda: c1 * tf.convert_to_tensor(self.bias_std),
                                      shift=bias_shift)
-        return self._activate(sampling.gaussian_matmul(h, ctx, kernel, bias))
+        return self._activate(matmuls.gaussian_matmul(h, ctx, kernel, bias))
 
     def mc_rows_threshold(self):
-        return sampling.output_space_threshold(*self.kernel_mean.shape)
+        return matmuls.output_space_threshold(*self.kernel_mean.shape)
 
     def compute_output_shape(self, input_shape):
         return tf.TensorShape(input_shape[0][:-1]).concatenate([self.units])
