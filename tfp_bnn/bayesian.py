@@ -168,15 +168,22 @@ class BayesianLayer(sampling.StochasticLayer):
         eps = ctx.normal(tf.concat([[ctx.num_samples], tf.shape(loc)], 0), dtype, index)
         return loc + self._scale(name, ctx) * eps
 
+    def _sample_bias(self, ctx, dtype):
+        """The bias of S copies: ``[S, ...]`` draws of a Bayesian bias, the point bias of a
+        deterministic one, or None without a bias."""
+        if self._has_bias_noise():
+            return self._draws("bias", ctx, dtype)
+        return self._loc("bias") if self._bias_posterior() is not None else None
+
     def _bias_per_copy(self, out, ctx, channel_axis=-1):
         """Sample-major ``out`` [S*B, ...] plus the bias: row block s gets draw s of a Bayesian
         bias, every row the point bias otherwise (`Noise.SHARED`'s one-perturbation path)."""
+        bias = self._sample_bias(ctx, out.dtype)
+        if bias is None:
+            return out
         if self._has_bias_noise():
-            return sampling.add_per_copy(out, self._draws("bias", ctx, out.dtype),
-                                         ctx.num_samples, channel_axis)
-        if self._bias_posterior() is not None:
-            return self._add_bias(out, self._loc("bias"))
-        return out
+            return sampling.add_per_copy(out, bias, ctx.num_samples, channel_axis)
+        return self._add_bias(out, bias)
 
     def _gaussian(self, name, ctx):
         """`matmuls.Gaussian` of one tensor: sigma and sigma^2 built only where used."""

@@ -250,9 +250,7 @@ class KernelLayer(BayesianLayer):
                 and sampling.shared_pays(x, ctx)):
             return self._shared_call(x, ctx)
         kernels = {name: self._draws(name, ctx, x.dtype) for name in self._names()}
-        bias = self._loc("bias") if self._uses_bias() else None
-        if self._has_bias_noise():
-            bias = self._draws("bias", ctx, x.dtype)
+        bias = self._sample_bias(ctx, x.dtype)
         out = self._sample_op(sampling.split_copies(x, s), kernels, bias, ctx.rows)
         return sampling.merge_copies(out)
 

@@ -323,10 +323,7 @@ class _ConvMixin(_TFPLayer):
                                          lambda t, side: stacking.channel_sign_shape(t, axis))
             return self._activate(self._bias_per_copy(out, ctx, axis))
         kernels = self._draws("kernel", ctx, x.dtype)
-        if self._has_bias_noise():
-            bias = self._draws("bias", ctx, x.dtype)  # [S, filters]
-        else:
-            bias = self._loc("bias") if self.bias_posterior is not None else None
+        bias = self._sample_bias(ctx, x.dtype)  # [S, filters] when Bayesian
 
         def finish(out, b):
             return self._activate(out if b is None else self._add_bias(out, b))

@@ -336,7 +336,7 @@ def add_per_copy(out, bias, num_samples, channel_axis=-1):
     else:
         lined = [-1] + [1] * rank
         lined[channel_axis % rank + 1] = dims[0]
-    return tf.reshape(blocks + tf.reshape(bias, lined), tf.stack([-1] + _inner_dims(out)))
+    return merge_copies(blocks + tf.reshape(bias, lined))
 
 
 def few_rows(per_copy, rows, bound):
