@@ -26,8 +26,8 @@ read for the reported figures.
     python scripts/compression.py                     # seeds 0 1 2, writes runs/compression
     python scripts/compression.py --seeds 0 --validate --carve 1 --nets mlp --methods group
 
-Writes ``results.json`` and ``results.md`` into ``--out``; existing files are kept unless
-``--overwrite``.
+Writes ``results.json`` and ``results.md`` (and their manifest) into ``--out``, atomically;
+existing results are kept unless ``--overwrite``.
 """
 import argparse
 import json
@@ -41,6 +41,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 import tfp_bnn
+from tfp_bnn import results
 from tfp_bnn._keras import tf, tf_keras
 
 METHODS = ("dense", "sparse VD", "group prior")
@@ -257,21 +258,26 @@ def main(argv=None):
     # Same seed, same table: the training draws take their op seeds from set_random_seed, and
     # determinism fixes the order-dependent CPU kernels (reductions over threads) too.
     tf.config.experimental.enable_op_determinism()
-    files = [os.path.join(args.out, f) for f in ("results.json", "results.md")]
-    if not args.overwrite and any(os.path.exists(f) for f in files):
-        sys.exit(f"{args.out} holds results already; pass --overwrite to replace them.")
+    # Checked before any training; written into a staging folder that replaces --out in one
+    # rename, so a killed run never leaves a results.json without its results.md.
+    try:
+        stage = results.Staging(args.out, overwrite=args.overwrite, argument="--out",
+                                owned=("results.json", "results.md"))
+    except (FileExistsError, ValueError, PermissionError) as err:
+        sys.exit(str(err))
     with tempfile.TemporaryDirectory() as tmp:
         runs = [run(seed, args, tmp) for seed in args.seeds]
-    os.makedirs(args.out, exist_ok=True)
     md = table(runs)
-    with open(files[0], "w") as f:
-        schedules = {f"{arch} {key}": schedule_of(arch, key, args)
-                     for arch in ARCHS if arch.split()[0].lower() in args.nets
-                     for key in args.methods}
-        json.dump({"args": vars(args), "schedules": schedules, "runs": runs}, f, indent=1,
-                  default=str)
-    with open(files[1], "w") as f:
-        f.write(md + "\n")
+    with stage:
+        with open(os.path.join(stage.path, "results.json"), "w") as f:
+            schedules = {f"{arch} {key}": schedule_of(arch, key, args)
+                         for arch in ARCHS if arch.split()[0].lower() in args.nets
+                         for key in args.methods}
+            json.dump({"args": vars(args), "schedules": schedules, "runs": runs}, f, indent=1,
+                      default=str)
+        with open(os.path.join(stage.path, "results.md"), "w") as f:
+            f.write(md + "\n")
+        stage.commit()
     print(md)
 
 
