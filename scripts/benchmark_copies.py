@@ -12,14 +12,13 @@ deterministic signature.
     python scripts/benchmark_copies.py [--models cnn_skip,mobilenet] [--batch-sizes 1,32]
 """
 import argparse
-import json
 import os
 import tempfile
 
 import numpy as np
 
 import tfp_bnn
-from tfp_bnn import benchmark, copies
+from tfp_bnn import benchmark, copies, results
 from tfp_bnn._keras import tf_keras
 
 S = benchmark.EXPORT_SAMPLES
@@ -79,14 +78,17 @@ def main(argv=None):
     parser.add_argument("--calls", type=int, default=300, help="round-robin rounds per row")
     parser.add_argument("--budget", type=float, default=60.0, help="seconds per row at most")
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
+    # Checked before any timing: an existing --out is kept unless --overwrite.
+    stage = None if args.out is None else results.Staging(args.out, args.overwrite,
+                                                          argument="--out", kind="file")
     rows = run(args.models.split(","), [int(b) for b in args.batch_sizes.split(",")],
                args.calls, args.budget)
     print(f"load average {os.getloadavg()[0]:.1f}")
     print(table(rows))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(rows, f, indent=2)
+    if stage is not None:
+        stage.write_json(rows)
 
 
 if __name__ == "__main__":

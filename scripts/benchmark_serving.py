@@ -3,12 +3,11 @@
 The full run behind BENCHMARKS.md; the code is `tfp_bnn.benchmark` (also ``tfp-bnn benchmark``,
 with small defaults). Usage:
 
-    python scripts/benchmark_serving.py [--calls 500] [--budget 240] [--out results.json]
+    python scripts/benchmark_serving.py [--calls 500] [--budget 240] [--out results.json] [--overwrite]
 """
 import argparse
-import json
 
-from tfp_bnn import benchmark
+from tfp_bnn import benchmark, results
 
 
 def _ints(text):
@@ -24,13 +23,16 @@ def main(argv=None):
     parser.add_argument("--batch-sizes", type=_ints, default=(1, 256), help="default 1,256")
     parser.add_argument("--samples", type=_ints, default=(10, 100), help="S values, default 10,100")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
+    # Checked before any timing: an existing --out is kept unless --overwrite.
+    stage = None if args.out is None else results.Staging(args.out, args.overwrite,
+                                                          argument="--out", kind="file")
     result = benchmark.run(models=args.models.split(","), calls=args.calls, budget=args.budget,
                            batch_sizes=args.batch_sizes, samples=args.samples)
     print(benchmark.report(result))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+    if stage is not None:
+        stage.write_json(result)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ existing results are kept unless ``--overwrite``.
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
@@ -260,11 +259,8 @@ def main(argv=None):
     tf.config.experimental.enable_op_determinism()
     # Checked before any training; written into a staging folder that replaces --out in one
     # rename, so a killed run never leaves a results.json without its results.md.
-    try:
-        stage = results.Staging(args.out, overwrite=args.overwrite, argument="--out",
-                                owned=("results.json", "results.md"))
-    except (FileExistsError, ValueError, PermissionError) as err:
-        sys.exit(str(err))
+    stage = results.Staging(args.out, overwrite=args.overwrite, argument="--out",
+                            owned=("results.json", "results.md"))
     with tempfile.TemporaryDirectory() as tmp:
         runs = [run(seed, args, tmp) for seed in args.seeds]
     md = table(runs)

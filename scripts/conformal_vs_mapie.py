@@ -45,7 +45,6 @@ alpha in 0.05, 0.1, 0.2:
 Prints one line per comparison and exits 1 if any differs beyond float tolerance (1e-6).
 """
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -322,17 +321,22 @@ def main(argv=None):
                         help="internal: run MAPIE's side (in MAPIE's environment)")
     parser.add_argument("--mapie-python", default="/tmp/mapie_venv/bin/python")
     parser.add_argument("--out", default=None, help="write the comparison as JSON here")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
     if args.mapie:
         mapie_side(*args.mapie)
         return 0
+    from tfp_bnn import results  # our side only: MAPIE's environment has no tfp_bnn
+
+    # Checked before any work: an existing --out is kept unless --overwrite.
+    stage = None if args.out is None else results.Staging(args.out, args.overwrite,
+                                                          argument="--out", kind="file")
     lines, ok = compare(args.mapie_python)
     for line in lines:
         print(f"{'same' if line['equal'] else 'DIFFERS'}  {line['check']}  "
               f"(max |diff| {line['max_abs_diff']:.2e})")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(lines, f, indent=2)
+    if stage is not None:
+        stage.write_json(lines)
     return 0 if ok else 1
 
 

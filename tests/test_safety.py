@@ -409,6 +409,17 @@ def test_an_interrupted_job_leaves_the_old_results_and_no_staging(tmp_path):
     assert (out / "a.txt").read_text() == "old" and sorted(os.listdir(tmp_path)) == ["run"]
 
 
+
+def test_a_benchmark_json_is_written_whole_and_never_replaced_unasked(tmp_path):
+    out = tmp_path / "bench.json"
+    results.Staging(out, kind="file").write_json({"rows": [1, 2]})
+    assert json.loads(out.read_text()) == {"rows": [1, 2]}
+    assert sorted(os.listdir(tmp_path)) == ["bench.json"]  # no staging file left
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        results.Staging(out, kind="file")
+    results.Staging(out, overwrite=True, kind="file").write_json([3])
+    assert json.loads(out.read_text()) == [3] and sorted(os.listdir(tmp_path)) == ["bench.json"]
+
 # --- 4. exports a server can read ------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -169,10 +169,7 @@ def _cmd_benchmark(args):
                            batch_sizes=args.batch_sizes, samples=args.samples, log=log)
     print(benchmark.report(result))
     if stage is not None:
-        with stage:
-            with open(stage.path, "w") as f:
-                json.dump(result, f, indent=2)
-            stage.commit()
+        stage.write_json(result)
 
 
 def _cmd_export(args):

@@ -339,6 +339,14 @@ class Staging:
         if pending is not None:
             _handler(pending, None)
 
+    def write_json(self, obj):
+        """Enter, write ``obj`` as indented JSON to the staging file and commit: the one-file
+        results of a benchmark (``kind="file"``)."""
+        with self:
+            with open(self.path, "w") as f:
+                json.dump(obj, f, indent=2)
+            self.commit()
+
     def __exit__(self, exc_type, exc, tb):
         if not self._committed and self.path is not None:
             _remove(self.path)
