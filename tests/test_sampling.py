@@ -222,3 +222,22 @@ def test_output_space_threshold_cost_model():
     assert matmuls.output_space_threshold(64, 64) == 38
     assert matmuls.output_space_threshold(784, 128) < 784 / 4
     assert matmuls.output_space_threshold(1, 1) >= 1
+
+
+@pytest.mark.parametrize("seed", [sampling.FRESH, None])
+def test_unseeded_draws_leave_every_random_op_to_a_fresh_seed(seed):
+    # Served graphs draw with seed=FRESH; TF seeds an op freshly per kernel instance only when
+    # both op seeds are 0. A non-zero seed2 alone (the sign stream's offset, once) fixed a stream
+    # that every process and every sign op replayed.
+    tf.random.set_seed(None)  # no global seed (an earlier test may have set one)
+
+    def draws():
+        with sampling.mc_sampling(4, seed=seed) as ctx:
+            return ctx.normal([3, 2], tf.float32), ctx.normal([3], tf.float32, large=False), \
+                ctx.rademacher([3, 5], tf.float32, ctx.next_index())
+
+    graph = tf.function(draws).get_concrete_function().graph
+    ops = [op for op in graph.get_operations() if op.type.startswith("Random")]
+    assert {op.type for op in ops} == {"RandomUniform", "RandomStandardNormal",
+                                       "RandomUniformInt"}
+    assert [(op.get_attr("seed"), op.get_attr("seed2")) for op in ops] == [(0, 0)] * len(ops)

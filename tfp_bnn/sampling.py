@@ -116,11 +116,17 @@ class Context:
         return tf.cast(2 * bits - 1, dtype)
 
     def _seed(self, index, stream=0):
-        """The seed of draw ``index``: op seeds ``(seed, seed2)`` without a context seed
-        (FRESH: 0, 0, which TF replaces by a random seed per kernel instance), else the
-        context's seed folded with ``index`` (and ``stream``, when not 0) for stateless ops."""
+        """The seed of draw ``index``: op seeds ``(seed, seed2)`` without a context seed, else the
+        context's seed folded with ``index`` (and ``stream``, when not 0) for stateless ops.
+
+        Op seeds: ``(0, 0)`` for FRESH or when no global seed is set, which TF replaces by a
+        random seed per kernel instance, for every stream (a non-zero ``seed2`` alone would fix
+        the stream: every process and every sign op would replay one sequence); under a global
+        seed, the op seed TF derives, offset by ``stream``."""
         if self.seed is None or isinstance(self.seed, str):
             seed, seed2 = (0, 0) if self.seed == FRESH else tf.compat.v1.get_seed(None)
+            if not seed and not seed2:
+                return 0, 0  # a random seed per kernel: every stream apart already
             return seed or 0, (seed2 or 0) + stream
         seed = tf.random.experimental.stateless_fold_in(self.seed, index)
         return tf.random.experimental.stateless_fold_in(seed, stream) if stream else seed
