@@ -17,14 +17,13 @@ Writes ``results.json`` and ``results.md`` into ``--out``; existing files are ke
 ``--overwrite``.
 """
 import argparse
-import json
-import os
 import sys
 
 import numpy as np
 
 import tfp_bnn
 from tfp_bnn import metrics
+from tfp_bnn.results import Staging
 from tfp_bnn._keras import tf_keras
 
 import compare_methods as cm
@@ -94,16 +93,17 @@ def main(argv=None):
     parser.add_argument("--out", default="runs/calibration_digits")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-    paths = [os.path.join(args.out, f) for f in ("results.json", "results.md")]
-    if not args.overwrite and any(os.path.exists(p) for p in paths):
-        print(f"{args.out} holds results; pass --overwrite to replace them", file=sys.stderr)
+    try:  # checked before training; the folder appears whole, in one rename
+        stage = Staging(args.out, args.overwrite, owned=("results.json", "results.md"),
+                        argument="--out")
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     results = [run(s, args.epochs, args.num_samples) for s in args.seeds]
-    os.makedirs(args.out, exist_ok=True)
-    with open(paths[0], "w") as f:
-        json.dump(results, f, indent=2)
-    with open(paths[1], "w") as f:
-        f.write(markdown(results))
+    with stage:
+        stage.write("results.json", results)
+        stage.write("results.md", markdown(results))
+        stage.commit()
     print(markdown(results))
     return 0
 

@@ -378,6 +378,7 @@ def main(argv=None):
                         default="PASSIVE", help="OMP_WAIT_POLICY of both sides ('default': unset)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 3 epochs, 1 repeat")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.add_argument("--calibrate", type=float, default=None, metavar="FRACTION",
                         help="tfp_bnn side only: train on the training split minus a "
                              "stratified FRACTION carve, temperature-scale on the carve, and "
@@ -397,17 +398,20 @@ def main(argv=None):
         args.epochs = 3 if args.quick else 30
     if args.repeats is None:
         args.repeats = 1 if args.quick else 3
-    if args.out and os.path.exists(args.out):
-        sys.exit(f"--out {args.out!r} exists: remove it or choose another path")
+    try:  # checked before any run; written whole, in one rename
+        if args.out:  # tfp_bnn (TensorFlow) is imported here only when a result is kept
+            from tfp_bnn.results import Staging
+        stage = args.out and Staging(args.out, args.overwrite, argument="--out", kind="file")
+    except (OSError, ValueError) as e:
+        sys.exit(f"error: {e}")
     if args.calibrate:
         result = calibrated(args)
         print(calibrated_table(result))
     else:
         result = compare(args)
         print(table(result))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+    if stage:
+        stage.write_json(result)
     return 0
 
 

@@ -35,7 +35,8 @@ Metrics on the test set (mean +- std over seeds): accuracy, NLL, ECE (15 bins), 
 mutual information (MI) and by predictive entropy (H), training seconds (deterministic net
 included for the post-hoc methods) and predict milliseconds per 1,000 examples (after warm-up).
 Writes ``results.json``, ``table.md`` and ``reliability_grid.png`` (rows: datasets; columns:
-methods; test predictions pooled over seeds) to ``--out``.
+methods; test predictions pooled over seeds) to ``--out``, all at once when the run ends; an
+existing ``--out`` is replaced only with ``--overwrite``.
 
 ``--calibrate``: every method, the deterministic net included, is trained on the training split
 minus the validation carve, and a ``<method> +T`` row is added after each MC method:
@@ -53,7 +54,6 @@ Usage:
 """
 import argparse
 import dataclasses
-import json
 import os
 import time
 import warnings
@@ -66,6 +66,7 @@ from tfp_bnn import metrics
 from tfp_bnn.tempering import DEFAULT_MULTIPLIERS, select_kl_multiplier
 from tfp_bnn._keras import tf_keras
 from tfp_bnn.posteriors import MeanField
+from tfp_bnn.results import Staging
 
 METHODS = ("deterministic", "vi_flipout", "vi_reparameterization", "vi_flipout_tempered",
            "mc_dropout", "ensemble", "swag", "laplace_kron", "laplace_kron_probit",
@@ -79,6 +80,7 @@ LABELS = {"deterministic": "Deterministic", "vi_flipout": "VI Flipout",
           "laplace_kron_val_mc": "Laplace LL kron (val_nll, MC)", "last_layer_vi": "Last-layer VI"}
 KL_GRID = DEFAULT_MULTIPLIERS  # KL multipliers tried by vi_flipout_tempered (1 wins ties)
 VAL_FRACTION = 0.2  # share of the training split carved off for validation
+OUTPUT_FILES = ("results.json", "table.md", "reliability_grid.png")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -541,8 +543,7 @@ def main(argv=None):
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--out", default="runs/compare_methods")
-    parser.add_argument("--png", default=None,
-                        help="reliability grid path (default: <out>/reliability_grid.png)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the results in --out")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, few epochs")
     parser.add_argument("--calibrate", action="store_true",
                         help="train on the training split minus the validation carve and add "
@@ -552,7 +553,8 @@ def main(argv=None):
     if "deterministic" not in methods:
         methods.insert(0, "deterministic")  # the reference row of every target
     seeds = 1 if args.quick else args.seeds
-    os.makedirs(args.out, exist_ok=True)
+    # Checked before any training; the folder appears whole, in one rename, when all is done.
+    stage = Staging(args.out, args.overwrite, owned=OUTPUT_FILES, argument="--out")
 
     results, pooled, sections, checks, picks = {}, {}, [], [], []
     start = time.perf_counter()
@@ -573,14 +575,13 @@ def main(argv=None):
         text += ("\nChosen on the validation carve (VAL_FRACTION of the training split, never the "
                  "test set):\n\n" + "\n".join(picks) + "\n")
     text += f"\nWall time: {results['total_s']:.0f} s\n"
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    with open(os.path.join(args.out, "table.md"), "w") as f:
-        f.write(text)
-    png = args.png or os.path.join(args.out, "reliability_grid.png")
-    reliability_grid(pooled, png)
+    with stage:
+        stage.write("results.json", results)
+        stage.write("table.md", text)
+        reliability_grid(pooled, os.path.join(stage.path, "reliability_grid.png"))
+        stage.commit()
     print(text)
-    print(f"wrote {args.out}/results.json, table.md and {png}")
+    print(f"wrote {args.out}/results.json, table.md and reliability_grid.png")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ Writes ``results.json`` and ``results.md`` (and their manifest) into ``--out``, 
 existing results are kept unless ``--overwrite``.
 """
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -264,15 +263,12 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         runs = [run(seed, args, tmp) for seed in args.seeds]
     md = table(runs)
+    schedules = {f"{arch} {key}": schedule_of(arch, key, args)
+                 for arch in ARCHS if arch.split()[0].lower() in args.nets for key in args.methods}
     with stage:
-        with open(os.path.join(stage.path, "results.json"), "w") as f:
-            schedules = {f"{arch} {key}": schedule_of(arch, key, args)
-                         for arch in ARCHS if arch.split()[0].lower() in args.nets
-                         for key in args.methods}
-            json.dump({"args": vars(args), "schedules": schedules, "runs": runs}, f, indent=1,
-                      default=str)
-        with open(os.path.join(stage.path, "results.md"), "w") as f:
-            f.write(md + "\n")
+        stage.write("results.json", {"args": vars(args), "schedules": schedules, "runs": runs},
+                    default=str)
+        stage.write("results.md", md + "\n")
         stage.commit()
     print(md)
 

@@ -16,9 +16,7 @@ synthetic heteroscedastic set, and ``tests/test_conformal.py`` runs `run` on one
 when it is there.
 """
 import argparse
-import json
 import math
-import os
 import sys
 
 import numpy as np
@@ -28,6 +26,7 @@ from tfp_bnn import data as data_lib
 from tfp_bnn import metrics
 from tfp_bnn._keras import tf_keras
 from tfp_bnn.conformal import Conformal, calibration_scores, intervals
+from tfp_bnn.results import Staging
 from tfp_bnn.options import ConformalScore, Task
 
 SCORES = ("normalized", "cqr")
@@ -106,20 +105,20 @@ def main(argv=None):
     parser.add_argument("--out", default=None, help="write results.json / results.md here")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-    if args.out:
-        files = [os.path.join(args.out, f) for f in ("results.json", "results.md")]
-        if not args.overwrite and any(os.path.exists(f) for f in files):
-            print(f"{args.out} holds results; pass --overwrite to replace them", file=sys.stderr)
-            return 2
+    try:  # checked before training; the folder appears whole, in one rename
+        stage = args.out and Staging(args.out, args.overwrite,
+                                     owned=("results.json", "results.md"), argument="--out")
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     results = [run(p, args.splits, args.epochs) for p in args.paths]
     text = markdown(results)
     print(text)
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(files[0], "w") as f:
-            json.dump(results, f, indent=2, default=float)
-        with open(files[1], "w") as f:
-            f.write(text)
+    if stage:
+        with stage:
+            stage.write("results.json", results, default=float)
+            stage.write("results.md", text)
+            stage.commit()
     return 0
 
 

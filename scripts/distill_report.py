@@ -28,11 +28,12 @@ Usage:
     python scripts/distill_report.py --seeds 3 --out runs/distill_report
     python scripts/distill_report.py --seeds 3 --teacher val_tempered --out runs/distill_tempered
     python scripts/distill_report.py --quick        # smoke run: 1 seed, few epochs
+
+Writes ``results.json`` and ``table.md`` to ``--out`` at once when the run ends; an existing
+``--out`` is replaced only with ``--overwrite``.
 """
 import argparse
 import dataclasses
-import json
-import os
 import sys
 import time
 import warnings
@@ -43,6 +44,7 @@ import numpy as np
 import compare_methods as cm
 import tfp_bnn
 from tfp_bnn.distill import distill
+from tfp_bnn.results import Staging
 from tfp_bnn._keras import tf_keras
 
 METHODS = ("teacher", "hard_label", "distilled", "distilled_mi")
@@ -169,6 +171,7 @@ def main(argv=None):
     parser.add_argument("--datasets", nargs="+", default=list(cm.DATASETS),
                         choices=list(cm.DATASETS))
     parser.add_argument("--out", default="runs/distill_report")
+    parser.add_argument("--overwrite", action="store_true", help="replace the results in --out")
     parser.add_argument("--kl-multiplier", type=float, default=1.0,
                         help="teacher KL weight = this / N (1: compare_methods' vi_flipout)")
     parser.add_argument("--teacher", choices=("elbo", "val_tempered"), default="elbo",
@@ -183,7 +186,9 @@ def main(argv=None):
         parser.error("--kl-multiplier must be > 0. "
                      f"Received: --kl-multiplier={args.kl_multiplier}")
     seeds = 1 if args.quick else args.seeds
-    os.makedirs(args.out, exist_ok=True)
+    # Checked before any training; the folder appears whole, in one rename, when all is done.
+    stage = Staging(args.out, args.overwrite, owned=("results.json", "table.md"),
+                    argument="--out")
     start = time.perf_counter()
 
     results, sections, checks, met, teacher_lines = {}, [], [], {}, []
@@ -211,10 +216,10 @@ def main(argv=None):
     text = ("\n\n".join(sections) + "\n\nTargets (seed means):\n\n" + "\n".join(checks)
             + "\n\nTeacher:\n\n" + "\n".join(teacher_lines)
             + f"\n\nCommand: `{results['command']}` ({results['total_s']:.0f} s)\n")
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    with open(os.path.join(args.out, "table.md"), "w") as f:
-        f.write(text)
+    with stage:
+        stage.write("results.json", results)
+        stage.write("table.md", text)
+        stage.commit()
     print(text)
     print(f"wrote {args.out}/results.json and table.md")
     return results

@@ -32,7 +32,6 @@ import argparse
 import dataclasses
 import datetime
 import itertools
-import json
 import math
 import os
 import shlex
@@ -44,6 +43,7 @@ import numpy as np
 from tfp_bnn import data as data_lib
 from tfp_bnn import iris, metrics, plots
 from tfp_bnn._keras import tf_keras
+from tfp_bnn.results import Staging
 
 DEFAULT_MULTIPLIERS = (0.25, 1.0, 4.0)
 RESULT_FILES = ("reliability_kl.png", "results.json", "results.md")
@@ -334,14 +334,10 @@ def main(argv=None):
     if not (args.tolerance >= 0 and math.isfinite(args.tolerance)):
         parser.error(f"--tolerance must be a non-negative number. Received: {args.tolerance}")
     out = os.fspath(args.out)
-    if os.path.exists(out) and not os.path.isdir(out):
-        print(f"error: --out {out!r} is an existing file, not a folder; nothing was written.",
-              file=sys.stderr)
-        return 2
-    existing = [f for f in RESULT_FILES if os.path.exists(os.path.join(out, f))]
-    if existing and not args.overwrite:
-        print(f"error: {out!r} already holds {', '.join(existing)}; nothing was changed "
-              "(pass --overwrite to replace them, or choose another --out).", file=sys.stderr)
+    try:  # checked before any training; the folder appears whole, in one rename
+        stage = Staging(out, args.overwrite, owned=RESULT_FILES, argument="--out")
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
 
@@ -385,13 +381,11 @@ def main(argv=None):
         sys.argv[1:] if argv is None else argv))
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
-    os.makedirs(out, exist_ok=True)
     fig = plots.reliability_curves_with_bands(pooled, num_bins=NUM_BINS, n_boot=args.n_boot, seed=0)
     fig.axes[0].legend(loc="lower right", fontsize=8)  # upper left hides underconfident curves
     fig.axes[0].set_title(f"{dataset}: reliability by KL multiplier\n"
                           f"{args.seeds} seed(s) pooled, 95 % bootstrap bands", fontsize=10)
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "reliability_kl.png"), dpi=120)
 
     note = (f"{dataset}, {args.seeds} seed(s) per multiplier, up to {args.epochs} epochs, "
             f"{args.num_samples} MC samples; mean ± sample std over seeds; ECE with {NUM_BINS} "
@@ -399,8 +393,6 @@ def main(argv=None):
     md = (f"# KL-weight experiment ({dataset})\n\n{table_md}\n\n{note}\n\n"
           f"**Decision:** {decision.message}\n\n"
           f"Command: `{command}`  \nDate: {date}  \nRuntime: {seconds} s\n")
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(md)
     results = {
         "dataset": dataset, "multipliers": list(args.multipliers), "seeds": args.seeds,
         "epochs": args.epochs, "num_samples": args.num_samples, "num_bins": NUM_BINS,
@@ -408,8 +400,11 @@ def main(argv=None):
         "per_multiplier": summaries, "decision": decision.to_dict(), "table": table_md,
         "command": command, "date": date, "seconds": seconds,
     }
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump(_jsonable(results), f, indent=1)
+    with stage:
+        fig.savefig(os.path.join(stage.path, "reliability_kl.png"), dpi=120)
+        stage.write("results.md", md)
+        stage.write("results.json", _jsonable(results))
+        stage.commit()
 
     print("\n" + table_md + "\n\n" + note + "\n\nDecision: " + decision.message)
     log(f"Results in {out}/ ({seconds} s)")

@@ -69,6 +69,7 @@ from tfp_bnn import data as data_lib
 from tfp_bnn import heads, losses, posteriors
 from tfp_bnn._keras import tf, tf_keras
 from tfp_bnn.multifit import MultiFit
+from tfp_bnn.results import Staging
 
 METHODS = ("vi", "mc_dropout", "ensemble", "deterministic")
 LOG_2PI = math.log(2.0 * math.pi)
@@ -570,6 +571,7 @@ def parse_args(argv):
     p.add_argument("--method", required=True, choices=METHODS)
     p.add_argument("--splits", default="all", help="'0-19', '3', '0,2,5' or 'all' (default)")
     p.add_argument("--out", default=None, help="results JSON file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--quick", action="store_true",
                    help="smoke test: the first 3 splits, 1/10 of the epochs, 100 MC samples")
     p.add_argument("--epochs", type=int, default=0, help="fixed epochs per training run")
@@ -613,6 +615,10 @@ def make_settings(args):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:  # checked before any training; written whole, in one rename
+        stage = args.out and Staging(args.out, args.overwrite, argument="--out", kind="file")
+    except (OSError, ValueError) as e:
+        sys.exit(f"error: {e}")
     try:
         # Measured on 2 cores: one intra-op thread, two inter-op threads; with (1, 1) the graph
         # loop's wall time was 2-3x its CPU time (the executor stalls between ops).
@@ -635,10 +641,8 @@ def main(argv=None):
         r.update(meta)
     print(table(results))
     print(f"total {meta['total_seconds']} s")
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(results[0] if len(results) == 1 else results, f, indent=1)
+    if stage:
+        stage.write_json(results[0] if len(results) == 1 else results)
     return results
 
 

@@ -420,6 +420,60 @@ def test_a_benchmark_json_is_written_whole_and_never_replaced_unasked(tmp_path):
     results.Staging(out, overwrite=True, kind="file").write_json([3])
     assert json.loads(out.read_text()) == [3] and sorted(os.listdir(tmp_path)) == ["bench.json"]
 
+
+def test_a_results_folder_is_written_whole(tmp_path):
+    out = tmp_path / "runs"
+    stage = results.Staging(out, owned=("results.json", "table.md"))
+    with pytest.raises(RuntimeError, match="entered"):
+        stage.write("table.md", "too early")
+    with stage:
+        stage.write("results.json", {"nll": np.float32(0.25)}, default=float)
+        stage.write("table.md", "| a |\n")
+        assert not out.exists()  # nothing in place before the commit
+        stage.commit()
+    assert json.loads((out / "results.json").read_text()) == {"nll": 0.25}
+    assert (out / "table.md").read_text() == "| a |\n"
+    assert results.verify(out) == {"results.json", "table.md"}  # manifest matches
+
+
+# Every result-writing script checks --out before any training, and keeps what it holds.
+_SCRIPT_REFUSALS = [
+    ("calibration_digits", ["--out", "{dir}"], 2),
+    ("conformal_uci", ["{dir}", "--out", "{dir}"], 2),
+    ("kl_temperature", ["--out", "{dir}"], 2),
+    ("compare_methods", ["--quick", "--out", "{dir}"], FileExistsError),
+    ("distill_report", ["--quick", "--out", "{dir}"], FileExistsError),
+    ("compression", ["--out", "{dir}"], FileExistsError),
+    ("uci_benchmark", ["--data-dir", "{dir}", "--method", "vi", "--out", "{file}"], SystemExit),
+    ("compare_bayesian_torch", ["--out", "{file}"], SystemExit),
+]
+
+
+@pytest.mark.parametrize("script, argv, outcome", _SCRIPT_REFUSALS,
+                         ids=[s for s, _, _ in _SCRIPT_REFUSALS])
+def test_result_scripts_refuse_to_replace_results_unasked(script, argv, outcome, tmp_path,
+                                                          capsys, monkeypatch):
+    import importlib
+    module = importlib.import_module(script)  # scripts/ is on the test run's path
+    folder, file = tmp_path / "old", tmp_path / "old.json"
+    folder.mkdir()
+    (folder / "results.json").write_text("{}")
+    file.write_text("{}")
+    # Anything past the check would train: make that fail loudly instead.
+    monkeypatch.setattr(tfp_bnn, "bayesify", lambda *a, **k: pytest.fail("trained"))
+    argv = [a.format(dir=folder, file=file) for a in argv]
+    if isinstance(outcome, int):
+        assert module.main(argv) == outcome
+        message = capsys.readouterr().err
+    else:
+        with pytest.raises(outcome) as e:
+            module.main(argv)
+        message = str(e.value)
+    assert "--overwrite" in message and "nothing was changed" in message, message
+    assert (folder / "results.json").read_text() == "{}" and file.read_text() == "{}"
+    assert sorted(os.listdir(folder)) == ["results.json"]
+    assert sorted(os.listdir(tmp_path)) == ["old", "old.json"]
+
 # --- 4. exports a server can read ------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,6 @@ Example:
     True
 """
 import dataclasses
-import json
 import os
 import time
 
@@ -189,8 +188,7 @@ def run(out="runs/iris", config=IrisConfig(), export_dir="savedmodels/iris_bnn",
     with stage:
         metrics = _train_and_write(stage, table, config, export_dir, log, verbose)
         metrics["seconds"] = round(time.time() - start, 1)
-        with open(os.path.join(stage.path, "metrics.json"), "w") as f:
-            json.dump(metrics, f, indent=2)
+        stage.write("metrics.json", metrics)
         stage.commit()
     log(summary(metrics, names, out))
     return metrics

@@ -339,12 +339,23 @@ class Staging:
         if pending is not None:
             _handler(pending, None)
 
-    def write_json(self, obj):
+    def write(self, name, content, default=None):
+        """Write ``content`` into the entered staging folder as ``name``: a ``str`` as text,
+        anything else as indented JSON (``default``: `json.dump`'s, for values JSON lacks)."""
+        if self.path is None or self.kind != "folder":
+            raise RuntimeError("Staging.write needs an entered folder staging (with stage: ...)")
+        with open(os.path.join(self.path, name), "w") as f:
+            if isinstance(content, str):
+                f.write(content)
+            else:
+                json.dump(content, f, indent=2, default=default)
+
+    def write_json(self, obj, default=None):
         """Enter, write ``obj`` as indented JSON to the staging file and commit: the one-file
         results of a benchmark (``kind="file"``)."""
         with self:
             with open(self.path, "w") as f:
-                json.dump(obj, f, indent=2)
+                json.dump(obj, f, indent=2, default=default)
             self.commit()
 
     def __exit__(self, exc_type, exc, tb):

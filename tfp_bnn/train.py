@@ -307,8 +307,7 @@ def run(out, target, csv=None, hub_id=None, split="train", config=TrainConfig(),
         if config.calibrate:
             posthoc, posthoc_metrics = _fit_posthoc(model, parts, config, y_scaling)
             metrics.update(posthoc_metrics)
-            _write_json(os.path.join(stage.path, POSTHOC_FILE),
-                        posthoc.get_config(with_scores=True))
+            stage.write(POSTHOC_FILE, posthoc.get_config(with_scores=True))
         metrics.update(task=task, target=target, source=source, epochs_trained=len(history),
                        num_train=len(parts.x_train), num_val=len(parts.x_val),
                        num_test=len(parts.x_test), config=dataclasses.asdict(config))
@@ -317,10 +316,10 @@ def run(out, target, csv=None, hub_id=None, split="train", config=TrainConfig(),
                          "class_names": list(table.class_names),
                          "feature_scaler": scaler.get_config(), "target_scaling": y_scaling}
         model.save(os.path.join(stage.path, "model.keras"))
-        _write_json(os.path.join(stage.path, PREPROCESSING_FILE), preprocessing)
+        stage.write(PREPROCESSING_FILE, preprocessing)
         write_history(os.path.join(stage.path, "history.csv"), history)
         metrics["seconds"] = round(time.time() - start, 1)
-        _write_json(os.path.join(stage.path, "metrics.json"), metrics)
+        stage.write("metrics.json", metrics)
         stage.commit()
     log(_summary(metrics, out))
     return metrics
@@ -390,11 +389,6 @@ def _unscale(pred, y_scaling):
     s2 = 1.0 if y_scaling is None else y_scaling["std"] ** 2
     return (mean, pred.aleatoric_variance.astype(np.float64) * s2,
             pred.epistemic_variance.astype(np.float64) * s2, *ends)
-
-
-def _write_json(path, obj):
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2)
 
 
 def _summary(m, out):
