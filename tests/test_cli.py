@@ -1,6 +1,9 @@
-"""Every `tfp-bnn` subcommand as a subprocess on shipped or generated data; bad input gives exit 2
-and one line on stderr."""
+"""Every `tfp-bnn` subcommand on shipped or generated data, mostly through `cli.main` in this
+process, as a subprocess where the entry point itself is under test; bad input gives exit 2 and
+one line on stderr."""
+import contextlib
 import csv
+import io
 import json
 import os
 import shutil
@@ -21,6 +24,15 @@ def _cli(*args):
                           text=True, timeout=600)
 
 
+def _main_out(argv):
+    """cli.main in this process (one TensorFlow start-up fewer than `_cli`): (code, stdout),
+    for module fixtures, which cannot take capsys."""
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = cli.main(argv)
+    return code, stdout.getvalue()
+
+
 @pytest.fixture(scope="module")
 def saved_model_file(tmp_path_factory):
     tf_keras.utils.set_random_seed(0)
@@ -36,23 +48,25 @@ def saved_model_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def exported(saved_model_file, tmp_path_factory):
     export_dir = tmp_path_factory.mktemp("cli_export") / "iris_bnn"
-    proc = _cli("export", str(saved_model_file), str(export_dir), "--num-samples", "4")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return export_dir, proc
+    code, stdout = _main_out(["export", str(saved_model_file), str(export_dir),
+                              "--num-samples", "4"])
+    assert code == 0, stdout[-3000:]
+    return export_dir, stdout
 
 
 def test_export_writes_a_version(exported):
-    export_dir, proc = exported
-    assert proc.stdout.strip().splitlines()[-1] == str(export_dir / "1")
+    export_dir, stdout = exported
+    assert stdout.strip().splitlines()[-1] == str(export_dir / "1")
     assert (export_dir / "1" / "saved_model.pb").is_file()
 
 
-def test_export_refuses_an_existing_version(exported, saved_model_file):
+def test_export_refuses_an_existing_version(exported, saved_model_file, capsys):
     export_dir, _ = exported
     before = (export_dir / "1" / "saved_model.pb").read_bytes()
-    proc = _cli("export", str(saved_model_file), str(export_dir), "--version", "1")
-    assert proc.returncode == 2
-    line = proc.stderr.strip().splitlines()[-1]
+    code, err = main_exit(["export", str(saved_model_file), str(export_dir), "--version", "1"],
+                          capsys)
+    assert code == 2 and len(err) == 1
+    line = err[0]
     assert line.startswith("tfp-bnn export: error:") and "overwrite" in line
     assert (export_dir / "1" / "saved_model.pb").read_bytes() == before
 
@@ -68,14 +82,14 @@ def test_export_with_shared_noise(saved_model_file, tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
 
 
-def test_serve_check_answers_a_rest_body(exported, tmp_path):
+def test_serve_check_answers_a_rest_body(exported, tmp_path, capsys):
     export_dir, _ = exported
     body = {"signature_name": "serving_default", "instances": [[0.1, 0.2, 0.3, 0.4]] * 2}
     request = tmp_path / "request.json"
     request.write_text(json.dumps(body))
-    proc = _cli("serve-check", str(export_dir / "1"), "--body", str(request), "--quiet")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    response = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert cli.main(["serve-check", str(export_dir / "1"), "--body", str(request),
+                     "--quiet"]) == 0
+    response = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     rows = response["predictions"]
     assert len(rows) == 2
     assert set(rows[0]) == {"mean_logits", "variance", "probabilities", "predictive_entropy",
@@ -84,15 +98,15 @@ def test_serve_check_answers_a_rest_body(exported, tmp_path):
     assert rows[0]["mutual_information"] >= 0
 
 
-def test_serve_check_default_request_and_bad_inputs(exported, tmp_path):
+def test_serve_check_default_request_and_bad_inputs(exported, tmp_path, capsys):
     export_dir, _ = exported
-    proc = _cli("serve-check", str(export_dir / "1"), "--signature", "deterministic")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert '"predictions"' in proc.stdout and "request:" in proc.stdout
+    assert cli.main(["serve-check", str(export_dir / "1"), "--signature", "deterministic"]) == 0
+    stdout = capsys.readouterr().out
+    assert '"predictions"' in stdout and "request:" in stdout
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    proc = _cli("serve-check", str(export_dir / "1"), "--body", str(bad))
-    assert proc.returncode == 2 and "is not valid JSON" in proc.stderr.strip().splitlines()[-1]
+    code, err = main_exit(["serve-check", str(export_dir / "1"), "--body", str(bad)], capsys)
+    assert code == 2 and len(err) == 1 and "is not valid JSON" in err[0]
 
 
 def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
@@ -143,10 +157,11 @@ def _read_rows(path):
 def iris_model(tmp_path_factory):
     """One small classifier trained by `tfp-bnn train` on the shipped Iris CSV, reused below."""
     out = tmp_path_factory.mktemp("train") / "iris"
-    proc = _cli("train", data.iris_csv_path(), "--target", "species", "--epochs", "3",
-                "--hidden", "16", "--num-samples", "10", "--seed", "1", "--out", str(out))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, proc
+    code, stdout = _main_out(["train", data.iris_csv_path(), "--target", "species", "--epochs",
+                              "3", "--hidden", "16", "--num-samples", "10", "--seed", "1",
+                              "--out", str(out)])
+    assert code == 0, stdout[-3000:]
+    return out, stdout
 
 
 @pytest.fixture(scope="module")
@@ -161,10 +176,10 @@ def regression_csv(tmp_path_factory):
 
 
 def test_train_writes_model_preprocessing_metrics_history(iris_model):
-    out, proc = iris_model
+    out, stdout = iris_model
     for name in train.OUTPUT_FILES:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
-    assert "3/3" in proc.stdout and "/epoch" in proc.stdout  # the Keras bar over the epochs
+    assert "3/3" in stdout and "/epoch" in stdout  # the Keras bar over the epochs
     meta = json.loads((out / train.PREPROCESSING_FILE).read_text())
     table = data.load_iris()
     assert meta["task"] == "classification" and meta["target"] == "species"
@@ -196,7 +211,7 @@ def test_train_refuses_to_overwrite(iris_model, capsys):
     assert (out / "model.keras").read_bytes() == before
 
 
-def test_predict_writes_probabilities_and_uncertainty(iris_model, tmp_path):
+def test_predict_writes_probabilities_and_uncertainty(iris_model, tmp_path, capsys):
     out, _ = iris_model
     table = data.load_iris()
     rows = table.features[::10]  # 15 flowers, columns shuffled, an extra column, no label
@@ -204,9 +219,10 @@ def test_predict_writes_probabilities_and_uncertainty(iris_model, tmp_path):
     source.write_text("petal_width,note,sepal_length,petal_length,sepal_width\n" + "".join(
         f"{r[3]},n{i},{r[0]},{r[2]},{r[1]}\n" for i, r in enumerate(rows)))
     result = tmp_path / "pred.csv"
-    proc = _cli("predict", str(out), str(source), "--out", str(result), "--num-samples", "8")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "1/1" in proc.stdout and "batch" in proc.stdout  # the Keras bar over the batches
+    assert cli.main(["predict", str(out), str(source), "--out", str(result),
+                     "--num-samples", "8"]) == 0
+    stdout = capsys.readouterr().out
+    assert "1/1" in stdout and "batch" in stdout  # the Keras bar over the batches
     got = _read_rows(result)
     assert len(got) == 15
     assert list(got[0]) == ["index", "predicted", "prob_setosa", "prob_versicolor",
@@ -257,13 +273,12 @@ def test_predict_with_a_bare_keras_file_takes_every_column(saved_model_file, tmp
     assert code == 2 and len(err) == 1 and "takes 4 features" in err[0]
 
 
-def test_train_and_predict_regression(regression_csv, tmp_path):
+def test_train_and_predict_regression(regression_csv, tmp_path, capsys):
     path, x, y = regression_csv
     out = tmp_path / "reg"
-    proc = _cli("train", str(path), "--target", "y", "--epochs", "3", "--hidden", "8",
-                "--num-samples", "10", "--out", str(out), "--quiet")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout == ""  # --quiet: no bars, no summary
+    assert cli.main(["train", str(path), "--target", "y", "--epochs", "3", "--hidden", "8",
+                     "--num-samples", "10", "--out", str(out), "--quiet"]) == 0
+    assert capsys.readouterr().out == ""  # --quiet: no bars, no summary
     meta = json.loads((out / train.PREPROCESSING_FILE).read_text())
     assert meta["task"] == "regression" and meta["class_names"] == []
     split = data.train_val_test_split(x.astype(np.float32), y.astype(np.float32), seed=0,
@@ -359,10 +374,10 @@ def test_bad_input_in_a_subprocess_has_no_traceback(tmp_path):
 
 def test_benchmark_prints_tables_and_writes_json(tmp_path, capsys):
     result = tmp_path / "bench.json"
-    proc = _cli("benchmark", "--models", "mlp", "--calls", "3", "--batch-sizes", "1",
-                "--samples", "10", "--out", str(result))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "| model | batch | S | variant |" in proc.stdout and "1/1" in proc.stdout
+    assert cli.main(["benchmark", "--models", "mlp", "--calls", "3", "--batch-sizes", "1",
+                     "--samples", "10", "--out", str(result)]) == 0
+    stdout = capsys.readouterr().out
+    assert "| model | batch | S | variant |" in stdout and "1/1" in stdout
     rows = json.loads(result.read_text())["rows"]
     assert {r["variant"] for r in rows} == {"deterministic", "mc", "mc_shared", "naive_loop"}
     assert all(r["n"] == 3 and 0 < r["p50"] <= r["p95"] for r in rows)
