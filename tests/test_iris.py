@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from cli_helpers import main_exit
 from tfp_bnn import iris
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -78,21 +79,20 @@ def test_iris_uncertainty_csv_rows(iris_run):
         assert total == pytest.approx(float(r["aleatoric"]) + float(r["epistemic"]), abs=1e-5)
 
 
-def test_iris_never_overwrites_results(iris_run):
+def test_iris_never_overwrites_results(iris_run, capsys):
     out, export, _ = iris_run
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    proc = _cli("iris", "--epochs", "1", "--seeds", "1", "--out", str(out),
-                "--export-dir", str(export))
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
+    code, lines = main_exit(["iris", "--epochs", "1", "--seeds", "1", "--out", str(out),
+                             "--export-dir", str(export)], capsys)
+    assert code == 2 and len(lines) == 1
     assert "--overwrite" in lines[-1] and str(out) in lines[-1]
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(os.listdir(export)) == ["1"]
 
 
-def test_iris_rejects_bad_arguments():
-    proc = _cli("iris", "--seeds", "0")
-    assert proc.returncode == 2 and "--seeds" in proc.stderr and "'0'" in proc.stderr
+def test_iris_rejects_bad_arguments(capsys):
+    code, lines = main_exit(["iris", "--seeds", "0"], capsys)
+    assert code == 2 and "--seeds" in lines[-1] and "'0'" in lines[-1]
 
 
 def test_iris_config_validates():
