@@ -22,8 +22,7 @@ import sys
 import numpy as np
 
 import tfp_bnn
-from tfp_bnn import data as data_lib
-from tfp_bnn import metrics
+from tfp_bnn import metrics, uci
 from tfp_bnn._keras import tf_keras
 from tfp_bnn.conformal import Conformal, calibration_scores, intervals
 from tfp_bnn.results import Staging
@@ -45,7 +44,7 @@ def run(path, num_splits=50, epochs=100, alphas=(0.1, 0.2), num_samples=50, seed
     Returns:
         ``{"name", "pool", "coverages": {alpha: [...]} (the "normalized" score), "table": rows}``.
     """
-    d = data_lib.load_uci(path, split=0)
+    d = uci.load_uci(path, split=0)
     x = np.concatenate([d.x_train, d.x_test])
     y = np.concatenate([d.y_train, d.y_test])
     order = np.random.default_rng(seed).permutation(len(x))

