@@ -253,13 +253,14 @@ def main(argv=None):
     parser.add_argument("--out", default="runs/compression")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
+    # Checked before any training (and before any process-wide setting below); written into a
+    # staging folder that replaces --out in one rename, so a killed run never leaves a
+    # results.json without its results.md.
+    stage = results.Staging(args.out, overwrite=args.overwrite, argument="--out",
+                            owned=("results.json", "results.md"))
     # Same seed, same table: the training draws take their op seeds from set_random_seed, and
     # determinism fixes the order-dependent CPU kernels (reductions over threads) too.
     tf.config.experimental.enable_op_determinism()
-    # Checked before any training; written into a staging folder that replaces --out in one
-    # rename, so a killed run never leaves a results.json without its results.md.
-    stage = results.Staging(args.out, overwrite=args.overwrite, argument="--out",
-                            owned=("results.json", "results.md"))
     with tempfile.TemporaryDirectory() as tmp:
         runs = [run(seed, args, tmp) for seed in args.seeds]
     md = table(runs)
